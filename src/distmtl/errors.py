@@ -1,0 +1,23 @@
+"""One exception type for everything a user can get wrong.
+
+Messages are single lines that name the file, row, column, key or value at fault; the CLI prints
+them as ``error: <message>`` and exits with status 2 instead of showing a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class DistmtlError(ValueError):
+    """A user-facing error with a one-line message."""
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split("\n")))
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ' (did you mean: a, b?)' for the closest choices, or '' when none is close."""
+    matches = difflib.get_close_matches(str(word), [str(c) for c in choices], n=n, cutoff=0.5)
+    return f" (did you mean: {', '.join(matches)}?)" if matches else ""
