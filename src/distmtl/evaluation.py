@@ -1,0 +1,368 @@
+"""Evaluation metrics per task kind, computed on annotated entries only.
+
+Conventions (kept identical to scikit-learn's on the same data, and checked against it in tests):
+
+- Masking: only annotated entries count. Multiclass and identity masks are per sample, multilabel
+  and regression masks per entry (per label, per dimension).
+- Multiclass: soft target rows are reduced to their argmax. ``balanced_accuracy`` is the mean
+  per-class recall over the classes present in the annotated targets
+  (``sklearn.metrics.balanced_accuracy_score``). ``macro_f1`` is the mean per-class F1 over the
+  classes present in the annotated targets or in the predictions, i.e.
+  ``f1_score(average='macro')`` with sklearn's default ``labels`` (a class that is never true and
+  never predicted is left out; one that is predicted but never true counts with F1 = 0).
+  The averaging is done here rather than by torchmetrics' ``average='macro'``, whose handling of
+  absent classes has changed between versions.
+- Multilabel: a label is predicted positive when ``sigmoid(logit) > threshold`` (torchmetrics'
+  strict rule; default threshold 0.5). A label without annotated entries is reported as ``None``
+  and left out of the means. F1 of a label with no true and no predicted positive is 0
+  (sklearn's ``zero_division`` default).
+- Regression: Lin's concordance correlation coefficient with population moments,
+  ``2 cov / (var_x + var_y + (mean_x - mean_y)^2)``. torchmetrics' ``concordance_corrcoef``
+  mixes sample variances with the squared mean difference, so it is not used. A dimension with
+  fewer than two annotated values has CCC ``None``.
+- Identity: closed-set accuracy over samples whose identity is one of the training identities
+  (target in ``[0, K)``); other annotated samples are left out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_roc,
+    multiclass_confusion_matrix,
+    multiclass_f1_score,
+    multiclass_recall,
+)
+
+from distmtl.errors import DistmtlError
+from distmtl.tasks import Task
+
+PRIMARY_METRIC = {
+    "multiclass": "macro_f1",
+    "multilabel": "mean_f1",
+    "regression": "mean_ccc",
+    "identity": "accuracy",
+}
+
+DEFAULT_THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
+
+
+def primary_metric(task: Task) -> str:
+    """Name of the metric a task is compared on (higher is better for all of them)."""
+    return PRIMARY_METRIC[task.kind]
+
+
+def _check_shape(task: Task, name: str, tensor: Tensor, shape: Sequence[int]) -> None:
+    if tuple(tensor.shape) != tuple(shape):
+        raise DistmtlError(
+            f"task '{task.name}': {name} has shape {tuple(tensor.shape)}, expected {tuple(shape)}"
+        )
+
+
+def _mean(values: Iterable[float | None]) -> float | None:
+    kept = [v for v in values if v is not None]
+    return float(sum(kept) / len(kept)) if kept else None
+
+
+def task_metrics(
+    task: Task,
+    outputs: Tensor,
+    targets: Tensor,
+    masks: Tensor,
+    thresholds: Tensor | None = None,
+) -> dict[str, Any]:
+    """Metrics of one task on the annotated entries of ``outputs`` (logits) vs ``targets``."""
+    outputs = outputs.detach().float().cpu()
+    targets = targets.detach().cpu()
+    masks = masks.detach().cpu().bool()
+    n, k = outputs.shape[0], task.num_outputs
+    _check_shape(task, "outputs", outputs, (n, k))
+    if task.kind == "multiclass":
+        _check_shape(task, "targets", targets, (n, k))
+        _check_shape(task, "masks", masks, (n,))
+        return _multiclass_metrics(outputs[masks], targets[masks].float().argmax(dim=1), k)
+    if task.kind == "multilabel":
+        _check_shape(task, "targets", targets, (n, k))
+        _check_shape(task, "masks", masks, (n, k))
+        return _multilabel_metrics(task, outputs, targets.float(), masks, thresholds)
+    if task.kind == "regression":
+        _check_shape(task, "targets", targets, (n, k))
+        _check_shape(task, "masks", masks, (n, k))
+        return _regression_metrics(task, outputs, targets.float(), masks)
+    _check_shape(task, "targets", targets, (n,))
+    _check_shape(task, "masks", masks, (n,))
+    ids = targets.long()
+    keep = masks & (ids >= 0) & (ids < k)
+    correct = outputs[keep].argmax(dim=1) == ids[keep]
+    return {"accuracy": float(correct.float().mean()) if keep.any() else None, "n": int(keep.sum())}
+
+
+def _multiclass_metrics(logits: Tensor, target: Tensor, k: int) -> dict[str, Any]:
+    n = int(target.numel())
+    if n == 0:
+        return {
+            "accuracy": None, "balanced_accuracy": None, "macro_f1": None,
+            "confusion_matrix": [[0] * k for _ in range(k)], "n": 0,
+        }
+    pred = logits.argmax(dim=1)
+    in_target = torch.bincount(target, minlength=k) > 0
+    in_either = in_target | (torch.bincount(pred, minlength=k) > 0)
+    recall = multiclass_recall(pred, target, num_classes=k, average="none")
+    f1 = multiclass_f1_score(pred, target, num_classes=k, average="none")
+    confusion = multiclass_confusion_matrix(pred, target, num_classes=k)
+    return {
+        "accuracy": float((pred == target).float().mean()),
+        "balanced_accuracy": float(recall[in_target].mean()),
+        "macro_f1": float(f1[in_either].mean()),
+        "confusion_matrix": confusion.long().tolist(),
+        "n": n,
+    }
+
+
+def _binary_counts(pred: Tensor, target: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """True positives, false positives, false negatives along dim 0."""
+    tp = (pred & target).sum(dim=0)
+    fp = (pred & ~target).sum(dim=0)
+    fn = (~pred & target).sum(dim=0)
+    return tp, fp, fn
+
+
+def _f1(tp: Tensor, fp: Tensor, fn: Tensor) -> Tensor:
+    den = 2 * tp + fp + fn
+    return torch.where(den > 0, 2 * tp / den.clamp(min=1), torch.zeros_like(den)).double()
+
+
+def _multilabel_metrics(
+    task: Task, logits: Tensor, targets: Tensor, masks: Tensor, thresholds: Tensor | None
+) -> dict[str, Any]:
+    k = task.num_outputs
+    if thresholds is None:
+        thresholds = torch.full((k,), 0.5)
+    thresholds = torch.as_tensor(thresholds, dtype=torch.float32).flatten().cpu()
+    _check_shape(task, "thresholds", thresholds, (k,))
+    pred = torch.sigmoid(logits) > thresholds
+    truth = targets > 0.5
+    f1: dict[str, float | None] = {}
+    accuracy: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for j, label in enumerate(task.labels):
+        keep = masks[:, j]
+        counts[label] = int(keep.sum())
+        if counts[label] == 0:
+            f1[label] = accuracy[label] = None
+            continue
+        p, t = pred[keep, j], truth[keep, j]
+        f1[label] = float(_f1(*_binary_counts(p, t)))
+        accuracy[label] = float((p == t).float().mean())
+    return {
+        "f1": f1,
+        "mean_f1": _mean(f1.values()),
+        "accuracy": accuracy,
+        "mean_accuracy": _mean(accuracy.values()),
+        "thresholds": [float(x) for x in thresholds],
+        "n": counts,
+    }
+
+
+def concordance_cc(pred: Tensor, target: Tensor) -> float | None:
+    """Lin's concordance correlation coefficient (population moments); None below 2 values."""
+    x, y = pred.double().flatten(), target.double().flatten()
+    if x.numel() < 2:
+        return None
+    mx, my = x.mean(), y.mean()
+    vx, vy = ((x - mx) ** 2).mean(), ((y - my) ** 2).mean()
+    den = vx + vy + (mx - my) ** 2
+    if float(den) == 0.0:
+        return 1.0  # identical constant sequences agree perfectly
+    return float(2 * ((x - mx) * (y - my)).mean() / den)
+
+
+def _regression_metrics(
+    task: Task, outputs: Tensor, targets: Tensor, masks: Tensor
+) -> dict[str, Any]:
+    ccc: dict[str, float | None] = {}
+    mse: dict[str, float | None] = {}
+    counts: dict[str, int] = {}
+    for d, label in enumerate(task.labels):
+        keep = masks[:, d]
+        x, y = outputs[keep, d], targets[keep, d]
+        counts[label] = int(keep.sum())
+        ccc[label] = concordance_cc(x, y)
+        mse[label] = float(((x.double() - y.double()) ** 2).mean()) if counts[label] else None
+    return {"ccc": ccc, "mean_ccc": _mean(ccc.values()), "mse": mse, "n": counts}
+
+
+def _task_name(task: Task | str) -> str:
+    return task.name if isinstance(task, Task) else str(task)
+
+
+def _metric(metrics_by_task: Mapping[str, Mapping[str, Any]], task: Task | str, key: str) -> Any:
+    name = _task_name(task)
+    if name not in metrics_by_task:
+        raise DistmtlError(f"no metrics for task '{name}'")
+    value = metrics_by_task[name].get(key)
+    if value is None:
+        raise DistmtlError(f"task '{name}': metric '{key}' is not available")
+    return value
+
+
+def abaw_mtl_score(
+    metrics_by_task: Mapping[str, Mapping[str, Any]],
+    expression_task: Task | str,
+    au_task: Task | str,
+    va_task: Task | str,
+) -> float:
+    """ABAW multi-task score: (CCC_v + CCC_a)/2 + macro-F1 (expression) + mean F1 (AUs)."""
+    ccc = _metric(metrics_by_task, va_task, "ccc")
+    if ccc.get("valence") is not None and ccc.get("arousal") is not None:
+        va = (ccc["valence"] + ccc["arousal"]) / 2
+    else:
+        va = _metric(metrics_by_task, va_task, "mean_ccc")
+    expr = _metric(metrics_by_task, expression_task, "macro_f1")
+    au = _metric(metrics_by_task, au_task, "mean_f1")
+    return float(va + expr + au)
+
+
+def calibrate_thresholds(
+    probs: Tensor,
+    targets: Tensor,
+    masks: Tensor,
+    grid: Sequence[float] | Tensor = DEFAULT_THRESHOLD_GRID,
+) -> Tensor:
+    """Per-label threshold from ``grid`` maximising F1 on annotated validation entries.
+
+    Uses the same rule as :func:`task_metrics` (positive when ``prob > threshold``). Ties go to
+    the grid value closest to 0.5; a label without annotated positives keeps 0.5.
+    """
+    probs = probs.detach().double().cpu()
+    truth = targets.detach().cpu() > 0.5
+    masks = masks.detach().cpu().bool()
+    if probs.ndim != 2 or truth.shape != probs.shape or masks.shape != probs.shape:
+        raise DistmtlError(
+            f"calibrate_thresholds: probs, targets and masks must share one [N, J] shape, got "
+            f"{tuple(probs.shape)}, {tuple(truth.shape)}, {tuple(masks.shape)}"
+        )
+    grid_t = torch.as_tensor(grid, dtype=torch.float64).flatten()
+    if grid_t.numel() == 0:
+        raise DistmtlError("calibrate_thresholds: empty threshold grid")
+    closeness = (grid_t - 0.5).abs()
+    out = torch.full((probs.shape[1],), 0.5)
+    for j in range(probs.shape[1]):
+        keep = masks[:, j]
+        t = truth[keep, j]
+        if not t.any():
+            continue
+        pred = probs[keep, j, None] > grid_t[None, :]  # [n, G]
+        f1 = _f1(*_binary_counts(pred, t[:, None]))
+        best = torch.isclose(f1, f1.max(), rtol=0.0, atol=1e-12)
+        out[j] = float(grid_t[best][closeness[best].argmin()])
+    return out
+
+
+def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
+    """Threshold maximising pair accuracy (``same`` predicted when score >= threshold)."""
+    values = np.unique(scores)
+    midpoints = (values[1:] + values[:-1]) / 2
+    candidates = np.concatenate(([values[0] - 1.0], midpoints, [values[-1] + 1.0]))
+    pos, neg = np.sort(scores[same]), np.sort(scores[~same])
+    correct = (len(pos) - np.searchsorted(pos, candidates, "left")) + np.searchsorted(
+        neg, candidates, "left"
+    )
+    return float(candidates[int(np.argmax(correct))])
+
+
+def verification_metrics(
+    embeddings_a: Tensor,
+    embeddings_b: Tensor,
+    same: Sequence[bool] | np.ndarray | Tensor,
+    n_folds: int = 10,
+    seed: int | None = 0,
+    far: float = 1e-3,
+) -> dict[str, Any]:
+    """Face-verification metrics on pairs, scored by cosine similarity.
+
+    ``accuracy`` follows the LFW protocol: the pairs are split into ``n_folds`` folds (after a
+    permutation drawn from ``seed``; ``seed=None`` keeps the given order, as for LFW's own
+    fold-ordered pair list), a threshold is chosen on the other folds and the accuracy measured on
+    the held-out fold; mean and sample std (ddof=1) over folds. ``tar_at_far_1e-3`` is the
+    highest true-accept rate at a false-accept rate of at most ``far``.
+    """
+    a = embeddings_a.detach().double().cpu()
+    b = embeddings_b.detach().double().cpu()
+    labels = torch.as_tensor(np.asarray(same, dtype=bool)).flatten()
+    if a.ndim != 2 or a.shape != b.shape or a.shape[0] != labels.numel():
+        raise DistmtlError(
+            f"verification_metrics: embeddings {tuple(a.shape)} and {tuple(b.shape)} with "
+            f"{labels.numel()} pair labels do not match"
+        )
+    n = labels.numel()
+    if n < n_folds:
+        raise DistmtlError(f"verification_metrics: {n} pairs is fewer than {n_folds} folds")
+    scores = F.cosine_similarity(a, b, dim=1, eps=1e-12)
+    both = bool(labels.any()) and bool((~labels).any())
+    out: dict[str, Any] = {"n_pairs": n, "n_same": int(labels.sum())}
+    out["roc_auc"] = float(binary_auroc(scores, labels.long())) if both else None
+    tar_key = f"tar_at_far_{far:.0e}".replace("e-0", "e-")  # far=1e-3 -> "tar_at_far_1e-3"
+    out[tar_key] = None
+    if both:
+        fpr, tpr, _ = binary_roc(scores, labels.long())
+        out[tar_key] = float(tpr[fpr <= far].max())
+
+    s, y = scores.numpy(), labels.numpy()
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    folds = np.array_split(order, n_folds)
+    accuracies, thresholds = [], []
+    for i, test in enumerate(folds):
+        train = np.concatenate([f for j, f in enumerate(folds) if j != i])
+        threshold = _best_threshold(s[train], y[train])
+        accuracies.append(float(((s[test] >= threshold) == y[test]).mean()))
+        thresholds.append(threshold)
+    out["accuracy"] = float(np.mean(accuracies))
+    out["accuracy_std"] = float(np.std(accuracies, ddof=1)) if n_folds > 1 else 0.0
+    out["threshold"] = float(np.mean(thresholds))
+    return out
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def format_metrics_table(
+    metrics_by_task: Mapping[str, Mapping[str, Any]], tasks: Iterable[Task] | Mapping[str, Task]
+) -> str:
+    """Plain-text table: one row per task with its primary metric, then per-label details."""
+    task_list = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    rows: list[tuple[str, ...]] = []
+    details: dict[str, list[str]] = {}
+    for task in task_list:
+        metrics = metrics_by_task.get(task.name)
+        if metrics is None:
+            rows.append((task.name, task.kind, primary_metric(task), "-", "not evaluated"))
+            continue
+        primary = primary_metric(task)
+        extra = [
+            f"{key}={_fmt(value)}"
+            for key, value in metrics.items()
+            if key != primary and (value is None or isinstance(value, (int, float)))
+        ]
+        rows.append((task.name, task.kind, primary, _fmt(metrics.get(primary)), " ".join(extra)))
+        per_label = {"multilabel": "f1", "regression": "ccc"}.get(task.kind)
+        if per_label and isinstance(metrics.get(per_label), Mapping):
+            details[task.name] = [
+                f"{per_label}: " + " ".join(f"{k}={_fmt(v)}" for k, v in metrics[per_label].items())
+            ]
+    header = ("task", "kind", "primary", "value", "other")
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(4)]
+    lines = []
+    for row in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+        for detail in details.get(row[0], []) if row is not header else []:
+            lines.append(" " * (sum(widths[:2]) + 4) + detail)
+    return "\n".join(line.rstrip() for line in lines)

@@ -1,0 +1,338 @@
+"""Comparison-study report: per-seed run records -> summary table, markdown, CSV and bar chart.
+
+Conventions:
+
+- Statistics are over seeds: ``mean`` and sample ``std`` (ddof=1; 0 with a single seed). Runs
+  with a non-finite value (a diverged run) are left out of the statistics and noted in the
+  verdict.
+- Gap closed (methods.md): ``(M_variant - M_single) / (M_oracle - M_single)`` on means, ``None``
+  without a single-task or oracle run, or when ``|M_oracle - M_single| < 1e-9``.
+- Spread: ``max(std_variant, std_single)``. A variant shows negative transfer when it is worse
+  than single-task by more than the spread, and beats single-task when it is better by more than
+  the spread. With a single seed on either side the spread may be 0 (any difference counts) and
+  the verdict says "single seed".
+- Higher is better for every metric except those named like errors or losses (``mse``, ``mae``,
+  ``rmse``, ``loss``, ``error``, ``eer``), for which "worse" and "better" are reversed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distmtl.errors import DistmtlError
+
+VARIANTS = ("single", "mtl", "coann", "dm", "coann+dm", "oracle")
+DISPLAY_NAMES = {
+    "single": "single-task",
+    "mtl": "plain MTL",
+    "coann": "+co-annotation",
+    "dm": "+DM",
+    "coann+dm": "+both",
+    "oracle": "oracle",
+}
+LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "error", "eer")
+GAP_EPS = 1e-9
+RUN_COLUMNS = ("variant", "seed", "task", "metric", "value")
+
+SUMMARY_COLUMNS = (
+    "task", "metric", "variant", "display_name", "mean", "std", "n_seeds",
+    "gap_closed", "negative_transfer", "beats_single", "verdict",
+)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The value of one metric of one task in one run (variant, seed)."""
+
+    variant: str
+    seed: int
+    task: str
+    metric: str
+    value: float
+
+
+def _flag(value: object) -> bool:
+    """True only for a set boolean flag (None / NaN / False are not set)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    return bool(value)
+
+
+def display_name(variant: str) -> str:
+    return DISPLAY_NAMES.get(variant, variant)
+
+
+def higher_is_better(metric: str) -> bool:
+    name = metric.lower()
+    return not any(name == s or name.startswith(s + "_") or name.endswith("_" + s)
+                   for s in LOWER_IS_BETTER)
+
+
+def variant_order(variants: Iterable[str]) -> list[str]:
+    """Known variants in :data:`VARIANTS` order, then unknown ones in order of appearance."""
+    seen = list(dict.fromkeys(variants))
+    return [v for v in VARIANTS if v in seen] + [v for v in seen if v not in VARIANTS]
+
+
+def _verdict(variant: str, diff: float, spread: float, single_seed: bool) -> tuple[bool, bool, str]:
+    """(negative_transfer, beats_single, text) for a signed improvement ``diff`` over single."""
+    negative, beats = -diff > spread, diff > spread
+    if negative:
+        text = f"negative transfer: worse than single-task by {-diff:.4f} (> spread {spread:.4f})"
+    elif beats:
+        text = f"better than single-task by {diff:.4f} (> spread {spread:.4f})"
+    else:
+        text = f"within spread of single-task (diff {diff:+.4f}, spread {spread:.4f})"
+    if variant == "oracle":
+        text = "upper reference; " + text
+    if single_seed:
+        text += "; single seed"
+    return negative, beats, text
+
+
+def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
+    """One row per (task, metric, variant), in order of first appearance of task and metric."""
+    seen: set[tuple[str, int, str, str]] = set()
+    for r in records:
+        key = (r.variant, int(r.seed), r.task, r.metric)
+        if key in seen:
+            raise DistmtlError(
+                f"duplicate run record: variant '{r.variant}', seed {r.seed}, task '{r.task}', "
+                f"metric '{r.metric}'"
+            )
+        seen.add(key)
+    variants = variant_order(r.variant for r in records)
+    groups = list(dict.fromkeys((r.task, r.metric) for r in records))
+    rows = []
+    for task, metric in groups:
+        values: dict[str, list[float]] = {}
+        failed: dict[str, int] = {}
+        for r in records:
+            if (r.task, r.metric) != (task, metric):
+                continue
+            value = float(r.value) if r.value is not None else math.nan
+            if math.isfinite(value):
+                values.setdefault(r.variant, []).append(value)
+            else:
+                failed[r.variant] = failed.get(r.variant, 0) + 1
+                values.setdefault(r.variant, [])
+        stats = {
+            v: (
+                float(np.mean(x)) if x else math.nan,
+                float(np.std(x, ddof=1)) if len(x) > 1 else 0.0,
+                len(x),
+            )
+            for v, x in values.items()
+        }
+        sign = 1.0 if higher_is_better(metric) else -1.0
+        single, oracle = stats.get("single"), stats.get("oracle")
+        for variant in (v for v in variants if v in stats):
+            mean, std, n = stats[variant]
+            gap = negative = beats = None
+            if n == 0:
+                verdict = "no finite results"
+            elif single is None or single[2] == 0:
+                verdict = "no single-task baseline"
+            elif variant == "single":
+                verdict = "single-task reference"
+            else:
+                spread = max(std, single[1])
+                negative, beats, verdict = _verdict(
+                    variant, sign * (mean - single[0]), spread, min(n, single[2]) == 1
+                )
+            if n and single is not None and single[2] and oracle is not None and oracle[2]:
+                den = oracle[0] - single[0]
+                gap = (mean - single[0]) / den if abs(den) >= GAP_EPS else None
+            if failed.get(variant):
+                verdict += f"; {failed[variant]} non-finite run(s) left out"
+            rows.append({
+                "task": task, "metric": metric, "variant": variant,
+                "display_name": display_name(variant), "mean": mean, "std": std, "n_seeds": n,
+                "gap_closed": gap, "negative_transfer": negative, "beats_single": beats,
+                "verdict": verdict,
+            })
+    frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+    for column in ("gap_closed", "negative_transfer", "beats_single"):
+        frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
+    return frame
+
+
+def _fmt(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.{digits}f}"
+
+
+def _mean_std(row: pd.Series) -> str:
+    return f"{_fmt(row['mean'])} ± {_fmt(row['std'])}"
+
+
+def format_table(summary: pd.DataFrame) -> str:
+    """Fixed-width terminal table of a :func:`summarise` result."""
+    header = ("task", "metric", "variant", "mean ± std", "seeds", "gap closed", "verdict")
+    rows = [header] + [
+        (
+            str(r["task"]), str(r["metric"]), str(r["display_name"]), _mean_std(r),
+            str(r["n_seeds"]), _fmt(r["gap_closed"], 3), str(r["verdict"]),
+        )
+        for _, r in summary.iterrows()
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)) + "  " + row[-1] for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths) + "  " + "-" * len(header[-1]))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _conclusions(summary: pd.DataFrame) -> list[str]:
+    """Variants that beat single-task on every (task, metric), and negative-transfer cases."""
+    compared = summary[[b is not None for b in summary["beats_single"]]]
+    groups = list(dict.fromkeys(zip(summary["task"], summary["metric"])))
+    with_baseline = [
+        g for g in groups
+        if ((summary["task"] == g[0]) & (summary["metric"] == g[1])
+            & (summary["variant"] == "single") & (summary["n_seeds"] > 0)).any()
+    ]
+    winners = []
+    for variant in variant_order(compared["variant"]):
+        if variant == "oracle":
+            continue
+        rows = compared[compared["variant"] == variant]
+        flags = zip(rows["task"], rows["metric"], rows["beats_single"])
+        beaten = {(t, m) for t, m, b in flags if _flag(b)}
+        if with_baseline and all(g in beaten for g in with_baseline):
+            winners.append(display_name(variant))
+    single_mean = {
+        (t, m): mean
+        for t, m, v, mean in zip(summary["task"], summary["metric"], summary["variant"],
+                                 summary["mean"])
+        if v == "single"
+    }
+    negatives = [
+        f"{r['display_name']} on {r['task']} ({r['metric']} {_fmt(r['mean'])} vs single-task "
+        f"{_fmt(single_mean.get((r['task'], r['metric'])))})"
+        for _, r in summary.iterrows()
+        if _flag(r["negative_transfer"]) and r["variant"] != "oracle"
+    ]
+    return [
+        "Beat single-task by more than the spread on every task: "
+        + (", ".join(winners) if winners else "none") + ".",
+        "Negative transfer: " + ("; ".join(negatives) if negatives else "none") + ".",
+    ]
+
+
+def results_markdown(
+    summary: pd.DataFrame, title: str | None = None, extra_lines: Sequence[str] | None = None
+) -> str:
+    lines = [f"# {title or 'Comparison study'}", ""]
+    if extra_lines:
+        lines += [*extra_lines, ""]
+    metrics_per_task = summary.groupby("task", sort=False)["metric"].nunique()
+    for (task, metric), rows in summary.groupby(["task", "metric"], sort=False):
+        heading = f"## {task}" if metrics_per_task[task] == 1 else f"## {task} ({metric})"
+        lines += [
+            heading, "",
+            f"| variant | {metric} (mean ± std) | seeds | gap closed | verdict |",
+            "|---|---|---|---|---|",
+        ]
+        for _, r in rows.iterrows():
+            verdict = str(r["verdict"]).replace("|", "\\|")
+            lines.append(
+                f"| {r['display_name']} | {_mean_std(r)} | {r['n_seeds']} "
+                f"| {_fmt(r['gap_closed'], 3)} | {verdict} |"
+            )
+        lines.append("")
+    lines += ["## Summary", "", *(f"- {line}" for line in _conclusions(summary)), ""]
+    lines.append(
+        "Spread = max(std of variant, std of single-task) over seeds (sample std); gap closed = "
+        "(variant - single) / (oracle - single) on means."
+    )
+    return "\n".join(lines) + "\n"
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write through a temporary file in the same folder, then move it into place."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def plot_summary(summary: pd.DataFrame, path: Path) -> None:
+    """Grouped bar chart: one panel per (task, metric), one bar per variant with std error bars,
+    the single-task mean as a dashed line."""
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+    groups = list(summary.groupby(["task", "metric"], sort=False))
+    variants = variant_order(summary["variant"])
+    colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
+    fig = Figure(figsize=(max(4.0, 0.6 * len(variants) + 1.5) * len(groups), 3.8), dpi=100)
+    axes = fig.subplots(1, max(len(groups), 1), squeeze=False)[0]
+    for ax, ((task, metric), rows) in zip(axes, groups):
+        x = np.arange(len(rows))
+        ax.bar(
+            x, rows["mean"].to_numpy(float), yerr=rows["std"].to_numpy(float), capsize=3,
+            color=[colours[v] for v in rows["variant"]],
+        )
+        single = rows[rows["variant"] == "single"]
+        if len(single) and math.isfinite(float(single["mean"].iloc[0])):
+            ax.axhline(float(single["mean"].iloc[0]), color="0.3", linestyle="--", linewidth=1,
+                       label="single-task")
+            ax.legend(loc="lower right", fontsize=8)
+        ax.set_xticks(x, list(rows["display_name"]), rotation=30, ha="right", fontsize=8)
+        ax.set_title(str(task))
+        ax.set_ylabel(str(metric))
+    fig.tight_layout()
+    fig.savefig(path, format="png")
+
+
+def write_results(
+    records: Sequence[RunRecord],
+    out_dir: str | os.PathLike,
+    title: str | None = None,
+    extra_lines: list[str] | None = None,
+) -> dict[str, Path]:
+    """Write results.csv (summary), runs.csv (raw records), results.md and results.png."""
+    if not records:
+        raise DistmtlError("no run records to report")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(records)
+    runs = pd.DataFrame([asdict(r) for r in records], columns=list(RUN_COLUMNS))
+    paths = {
+        "summary_csv": out / "results.csv",
+        "runs_csv": out / "runs.csv",
+        "markdown": out / "results.md",
+        "plot": out / "results.png",
+    }
+    _atomic_write(paths["summary_csv"], lambda p: summary.to_csv(p, index=False))
+    _atomic_write(paths["runs_csv"], lambda p: runs.to_csv(p, index=False))
+    text = results_markdown(summary, title, extra_lines)
+    _atomic_write(paths["markdown"], lambda p: p.write_text(text, encoding="utf-8"))
+    _atomic_write(paths["plot"], lambda p: plot_summary(summary, p))
+    return paths
+
+
+def read_runs(path: str | os.PathLike) -> list[RunRecord]:
+    """Run records from a runs.csv written by :func:`write_results`."""
+    try:
+        frame = pd.read_csv(path, dtype={"variant": str, "task": str, "metric": str})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DistmtlError(f"{path}: cannot read run records ({exc})") from None
+    missing = [c for c in RUN_COLUMNS if c not in frame.columns]
+    if missing:
+        raise DistmtlError(f"{path}: missing column(s) {', '.join(missing)}")
+    return [
+        RunRecord(str(r.variant), int(r.seed), str(r.task), str(r.metric), float(r.value))
+        for r in frame.itertuples(index=False)
+    ]
