@@ -1,0 +1,259 @@
+"""The generic CSV format and the one encoder every source (CSV or named loader) goes through.
+
+One row per image. ``image`` holds a path relative to the CSV file. A multiclass task has one column
+named after the task holding the class NAME; a multilabel task one column per label holding 1 or 0;
+a regression task one float column per dimension; an identity task one column holding the
+identity. An empty cell (or -1 for a binary label) means "not annotated". Optional columns:
+``subject``, ``split``. Every row is validated before anything trains: bad rows produce one error
+that names the file, line, column and value of the first few and the count, or, when the user asks
+for it, are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distmtl.data.loaders.base import LoadedSource
+from distmtl.errors import DistmtlError, close_matches
+from distmtl.tasks import Task
+
+log = logging.getLogger(__name__)
+
+MAX_LISTED_ERRORS = 3
+BINARY_MISSING = {"", "-1", "-1.0", "nan"}
+
+
+@dataclass
+class EncodedSource:
+    """A source's labels as arrays in the batch layout of :mod:`distmtl.tasks`."""
+
+    name: str
+    images: np.ndarray  # paths (str) or integer indices into ``pixels``
+    targets: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+    pixels: np.ndarray | None = None
+    subjects: np.ndarray | None = None
+    skipped: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def annotated_tasks(self) -> list[str]:
+        return [t for t, m in self.masks.items() if m.any()]
+
+    def label_counts(self) -> dict[str, int]:
+        """Annotated samples per task (a multilabel sample counts when any label is annotated)."""
+        return {t: int(m.reshape(len(m), -1).any(axis=1).sum()) for t, m in self.masks.items()}
+
+
+def task_columns(task: Task) -> list[str]:
+    """The CSV columns that carry a task's labels."""
+    if task.kind in ("multiclass", "identity"):
+        return [task.name]
+    return list(task.labels)
+
+
+def soft_columns(task: Task) -> list[str]:
+    """Columns ``<task>:<class>`` that give a multiclass task a soft class distribution."""
+    return [f"{task.name}:{c}" for c in task.labels] if task.kind == "multiclass" else []
+
+
+def read_csv_source(
+    path: str | Path,
+    tasks: Mapping[str, Task],
+    *,
+    name: str | None = None,
+    rename: Mapping[str, str] | None = None,
+    skip_bad_rows: bool = False,
+    check_images: bool = True,
+) -> LoadedSource:
+    """Read and validate a CSV in the generic format; returns the canonical frame.
+
+    ``rename`` maps CSV column names to the names the tasks use (e.g. ``{"emotion": "expression"}``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DistmtlError(f"{path}: CSV file not found")
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DistmtlError(f"{path}: the CSV file is empty (expected a header with an 'image' column)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise DistmtlError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
+    frame.columns = [c.strip() for c in frame.columns]
+    if rename:
+        frame = frame.rename(columns=dict(rename))
+    if "image" not in frame.columns:
+        raise DistmtlError(
+            f"{path}: no 'image' column (columns: {', '.join(frame.columns[:8])}"
+            f"{close_matches('image', frame.columns)})"
+        )
+    if len(frame) == 0:
+        raise DistmtlError(f"{path}: the CSV has a header but no rows")
+
+    annotated = [t.name for t in tasks.values()
+                 if any(c in frame.columns for c in task_columns(t) + soft_columns(t))]
+    if not annotated:
+        raise DistmtlError(
+            f"{path}: annotates none of the configured tasks ({', '.join(tasks)}); "
+            f"its columns are {', '.join(frame.columns[:10])}"
+        )
+
+    bad = np.zeros(len(frame), dtype=bool)
+    problems: list[str] = []
+
+    def flag(rows: np.ndarray, column: str, values, why: str) -> None:
+        for row, value in zip(rows, values):
+            if not bad[row]:
+                problems.append(f"line {row + 2} column '{column}' value '{value}' ({why})")
+            bad[row] = True
+
+    out = pd.DataFrame(index=frame.index)
+    base = path.parent
+    image_rel = frame["image"].str.strip()
+    empty = np.flatnonzero((image_rel == "").to_numpy())
+    flag(empty, "image", ["" for _ in empty], "empty image path")
+    out["image"] = [str((base / p).resolve()) if p else "" for p in image_rel]
+    if check_images:
+        missing = np.flatnonzero(~np.fromiter((Path(p).is_file() for p in out["image"]), bool, len(out)))
+        missing = missing[~bad[missing]]
+        flag(missing, "image", image_rel.to_numpy()[missing], "image file not found")
+
+    for task in tasks.values():
+        if task.kind in ("multiclass", "identity") and task.name in frame.columns:
+            values = frame[task.name].str.strip()
+            if task.kind == "multiclass":
+                ok = values.isin(task.labels) | (values == "")
+                rows = np.flatnonzero(~ok.to_numpy())
+                for row in rows:
+                    value = values.iat[row]
+                    flag(np.array([row]), task.name, [value],
+                         f"unknown class of task '{task.name}'{close_matches(value, task.labels)}")
+            out[task.name] = values.where(values != "", None)
+        elif task.kind == "multiclass":
+            soft = soft_columns(task)
+            if any(c in frame.columns for c in soft):
+                for col in soft:
+                    col_values = frame[col] if col in frame.columns else pd.Series([""] * len(frame))
+                    out[col] = _floats(col_values, col, flag)
+        elif task.kind == "multilabel":
+            for label in task.labels:
+                if label in frame.columns:
+                    out[label] = _binary(frame[label], label, flag)
+        elif task.kind == "regression":
+            for dim in task.labels:
+                if dim in frame.columns:
+                    out[dim] = _floats(frame[dim], dim, flag)
+    for col in ("subject", "split", "fold"):
+        if col in frame.columns:
+            out[col] = frame[col]
+
+    n_bad = int(bad.sum())
+    if n_bad and not skip_bad_rows:
+        listed = "; ".join(problems[:MAX_LISTED_ERRORS])
+        more = f" and {n_bad - MAX_LISTED_ERRORS} more" if n_bad > MAX_LISTED_ERRORS else ""
+        raise DistmtlError(
+            f"{path}: {n_bad} bad row{'s' if n_bad > 1 else ''}: {listed}{more}"
+            " (fix them, or set skip_bad_rows: true to skip and count them)"
+        )
+    notes = []
+    if n_bad:
+        out = out.loc[~bad].reset_index(drop=True)
+        notes.append(f"{path}: skipped {n_bad} bad rows (first: {problems[0]})")
+        log.warning(notes[-1])
+    if len(out) == 0:
+        raise DistmtlError(f"{path}: no valid rows left after skipping {n_bad} bad rows")
+    return LoadedSource(name=name or path.stem, frame=out, skipped=n_bad, notes=notes)
+
+
+def _binary(values: pd.Series, column: str, flag) -> pd.Series:
+    text = values.str.strip().str.lower()
+    result = pd.Series(np.nan, index=values.index)
+    result[text.isin(["1", "1.0"])] = 1.0
+    result[text.isin(["0", "0.0"])] = 0.0
+    invalid = ~(text.isin(["1", "1.0", "0", "0.0"]) | text.isin(BINARY_MISSING))
+    rows = np.flatnonzero(invalid.to_numpy())
+    flag(rows, column, values.to_numpy()[rows], "expected 1, 0, -1 or empty")
+    return result
+
+
+def _floats(values: pd.Series, column: str, flag) -> pd.Series:
+    text = values.str.strip()
+    numbers = pd.to_numeric(text, errors="coerce")
+    invalid = numbers.isna() & (text != "") & (text.str.lower() != "nan")
+    invalid |= np.isinf(numbers.fillna(0))
+    rows = np.flatnonzero(invalid.to_numpy())
+    flag(rows, column, values.to_numpy()[rows], "not a finite number")
+    return numbers.astype(float)
+
+
+def encode(loaded: LoadedSource, tasks: Mapping[str, Task]) -> EncodedSource:
+    """Turn a canonical frame into target and mask arrays for every configured task."""
+    frame = loaded.frame
+    n = len(frame)
+    targets: dict[str, np.ndarray] = {}
+    masks: dict[str, np.ndarray] = {}
+    for task in tasks.values():
+        if task.kind == "multiclass":
+            target = np.zeros((n, task.num_outputs), dtype=np.float32)
+            mask = np.zeros(n, dtype=bool)
+            soft_cols = soft_columns(task)
+            if task.name in frame.columns:
+                lookup = {c: i for i, c in enumerate(task.labels)}
+                names = frame[task.name].to_numpy()
+                present = pd.notna(names)
+                unknown = {v for v in names[present] if v not in lookup}
+                if unknown:
+                    bad = sorted(map(str, unknown))[0]
+                    raise DistmtlError(f"source '{loaded.name}': column '{task.name}' has class '{bad}' "
+                                       f"that task '{task.name}' lacks{close_matches(bad, task.labels)}")
+                idx = np.array([lookup[v] for v in names[present]], dtype=np.int64)
+                target[np.flatnonzero(present), idx] = 1.0
+                mask |= present
+            elif any(c in frame.columns for c in soft_cols):
+                soft = np.stack([frame[c].to_numpy(dtype=float) if c in frame.columns
+                                 else np.full(n, np.nan) for c in soft_cols], axis=1)
+                total = np.nansum(soft, axis=1)
+                ok = np.isfinite(soft).any(axis=1) & (total > 0)
+                target[ok] = (np.nan_to_num(soft[ok]) / total[ok, None]).astype(np.float32)
+                mask |= ok
+        elif task.kind == "identity":
+            target = np.zeros(n, dtype=np.int64)
+            mask = np.zeros(n, dtype=bool)
+            if task.name in frame.columns:
+                lookup = {c: i for i, c in enumerate(task.labels)}
+                values = frame[task.name].to_numpy()
+                for row, value in enumerate(values):
+                    if pd.notna(value) and str(value) in lookup:
+                        target[row] = lookup[str(value)]
+                        mask[row] = True
+        else:  # multilabel / regression: one float column per label or dimension
+            target = np.zeros((n, task.num_outputs), dtype=np.float32)
+            mask = np.zeros((n, task.num_outputs), dtype=bool)
+            for j, label in enumerate(task.labels):
+                if label in frame.columns:
+                    col = frame[label].to_numpy(dtype=float)
+                    ok = np.isfinite(col)
+                    target[ok, j] = col[ok]
+                    mask[:, j] = ok
+        targets[task.name] = target
+        masks[task.name] = mask
+    subjects = frame["subject"].to_numpy().astype(str) if "subject" in frame.columns else None
+    return EncodedSource(
+        name=loaded.name,
+        images=frame["image"].to_numpy(),
+        targets=targets,
+        masks=masks,
+        pixels=loaded.images,
+        subjects=subjects,
+        skipped=loaded.skipped,
+        notes=list(loaded.notes),
+    )

@@ -1,0 +1,69 @@
+"""The LightningDataModule: training sources behind the multi-source sampler, eval splits plain."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from distmtl.data.csvformat import EncodedSource
+from distmtl.data.sampler import MultiSourceBatchSampler
+from distmtl.data.sources import MultiSourceDataset, SourceDataset
+from distmtl.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+
+
+class MultiSourceDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        train_sources: Sequence[EncodedSource],
+        eval_sources: Mapping[str, EncodedSource],
+        preprocessing: Preprocessing,
+        augmentation: Augmentation,
+        *,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        sampling="equal",
+        epoch_batches: int | None = None,
+        num_workers: int = 2,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.train_sources = list(train_sources)
+        self.eval_sources = dict(eval_sources)
+        self.pre = preprocessing
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.train_set = MultiSourceDataset(
+            [SourceDataset(s, train_transform(preprocessing, augmentation), preprocessing.channels)
+             for s in self.train_sources])
+        self.sampler = MultiSourceBatchSampler(
+            self.train_set.sizes, batch_size, ratios=sampling, epoch_batches=epoch_batches, seed=seed)
+
+    def _loader_kwargs(self) -> dict:
+        workers = self.num_workers
+        return {"num_workers": workers, "persistent_workers": workers > 0,
+                "pin_memory": False}
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_sampler=self.sampler, **self._loader_kwargs())
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        source = self.eval_sources[split]
+        dataset = SourceDataset(source, eval_transform(self.pre), self.pre.channels)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False,
+                          **self._loader_kwargs())
+
+    def val_dataloader(self):
+        return self.eval_dataloader("val") if "val" in self.eval_sources else []
+
+    def test_dataloader(self):
+        return self.eval_dataloader("test") if "test" in self.eval_sources else []
+
+    def state_dict(self) -> dict:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if "sampler" in state:
+            self.sampler.load_state_dict(state["sampler"])

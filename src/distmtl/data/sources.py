@@ -1,0 +1,57 @@
+"""Torch datasets over encoded sources; images are decoded lazily, in DataLoader workers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from distmtl.data.csvformat import EncodedSource
+from distmtl.data.transforms import array_to_image, load_image
+
+
+class SourceDataset(Dataset):
+    """One source: item ``i`` is ``{"image", "targets", "masks", "index"}`` in the batch layout."""
+
+    def __init__(self, source: EncodedSource, transform: Callable, channels: int):
+        self.source = source
+        self.transform = transform
+        self.channels = channels
+        self._targets = {t: torch.from_numpy(v) for t, v in source.targets.items()}
+        self._masks = {t: torch.from_numpy(v) for t, v in source.masks.items()}
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def decode(self, i: int):
+        ref = self.source.images[i]
+        if self.source.pixels is not None:
+            return array_to_image(self.source.pixels[int(ref)], self.channels)
+        return load_image(ref, self.channels)
+
+    def __getitem__(self, i: int) -> dict:
+        return {
+            "image": self.transform(self.decode(i)),
+            "targets": {t: v[i] for t, v in self._targets.items()},
+            "masks": {t: v[i] for t, v in self._masks.items()},
+        }
+
+
+class MultiSourceDataset(Dataset):
+    """Several sources behind one global index: source ``s`` holds ``offsets[s] .. offsets[s+1]-1``."""
+
+    def __init__(self, datasets: Sequence[SourceDataset]):
+        self.datasets = list(datasets)
+        self.sizes = [len(d) for d in self.datasets]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict:
+        s = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        item = self.datasets[s][index - int(self.offsets[s])]
+        item["source"] = s
+        return item

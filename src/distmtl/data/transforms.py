@@ -1,0 +1,97 @@
+"""Image decoding and preprocessing, shared by training, evaluation and prediction.
+
+``preprocess`` is THE eval-time function: the Predictor calls the same one, so a model sees
+identical tensors in training-time validation and in deployment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from distmtl.errors import DistmtlError
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    size: int = 64
+    channels: int = 3
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if self.channels not in (1, 3):
+            raise DistmtlError(f"data.channels: must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        object.__setattr__(self, "mean", tuple(self.mean)[: self.channels] or (0.5,) * self.channels)
+        object.__setattr__(self, "std", tuple(self.std)[: self.channels] or (0.5,) * self.channels)
+
+    def to_dict(self) -> dict:
+        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    flip: bool = True
+    crop_scale: Sequence[float] = (0.85, 1.0)
+    rotation: float = 0.0
+    color_jitter: float = 0.0
+    extra: Mapping[str, float] = field(default_factory=dict)
+
+
+def load_image(path: str | Path, channels: int) -> Image.Image:
+    """Decode an image file; a missing, empty, truncated or non-image file gives a one-line error."""
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return img.convert("L" if channels == 1 else "RGB")
+    except FileNotFoundError:
+        raise DistmtlError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        size = path.stat().st_size if path.exists() else 0
+        why = "empty file (0 bytes)" if size == 0 else str(exc).splitlines()[0]
+        raise DistmtlError(f"{path}: cannot decode image: {why}") from None
+
+
+def array_to_image(array: np.ndarray, channels: int) -> Image.Image:
+    """An HxW or HxWxC uint8 array (RGB order) to a PIL image in the model's colour mode."""
+    array = np.asarray(array)
+    if array.dtype != np.uint8:
+        raise DistmtlError(f"image array must be uint8 (RGB, HxWxC), got dtype {array.dtype}")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in (3, 4)):
+        raise DistmtlError(f"image array must be HxW or HxWx3 (RGB), got shape {tuple(array.shape)}")
+    return Image.fromarray(array).convert("L" if channels == 1 else "RGB")
+
+
+def _finish(pre: Preprocessing) -> list:
+    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)]
+
+
+def eval_transform(pre: Preprocessing) -> v2.Compose:
+    return v2.Compose([v2.Resize((pre.size, pre.size), antialias=True), *_finish(pre)])
+
+
+def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
+    steps: list = [v2.RandomResizedCrop((pre.size, pre.size), scale=tuple(aug.crop_scale),
+                                        ratio=(0.95, 1.05), antialias=True)]
+    if aug.flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if aug.rotation:
+        steps.append(v2.RandomRotation(aug.rotation))
+    if aug.color_jitter:
+        j = aug.color_jitter
+        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if pre.channels == 3 else 0))
+    return v2.Compose([*steps, *_finish(pre)])
+
+
+def preprocess(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
+    """The eval-time preprocessing of one decoded image (used by training-time validation and predict)."""
+    return eval_transform(pre)(image)
