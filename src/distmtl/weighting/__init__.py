@@ -1,0 +1,66 @@
+"""Task weighting strategies, selectable by name.
+
+Each strategy is one class in its own module implementing
+:class:`~distmtl.weighting.base.WeightingStrategy`; adding one is a new module plus one line in
+``WEIGHTINGS``.
+
+==============  ====================================================  ==================
+name            method                                                weights sum to
+==============  ====================================================  ==================
+equal           fixed weights (option ``weights``, default 1 each)    as configured
+uncertainty     Kendall, Gal, Cipolla 2018: learned log-variances     (unconstrained)
+dwa             Liu, Johns, Davison 2019: Dynamic Weight Average      T
+gradnorm        Chen et al. 2018: gradient-norm balancing             T
+dynamic         Ming et al. 2019, with normalised losses and detach   1
+==============  ====================================================  ==================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from distmtl.errors import DistmtlError, close_matches
+from distmtl.weighting.base import REQUIRED, SelfOptimizingWeighting, WeightingStrategy
+from distmtl.weighting.dwa import DWAWeighting
+from distmtl.weighting.dynamic import DynamicWeighting
+from distmtl.weighting.equal import EqualWeighting
+from distmtl.weighting.gradnorm import GradNormWeighting
+from distmtl.weighting.uncertainty import UncertaintyWeighting
+
+WEIGHTINGS: dict[str, type[WeightingStrategy]] = {
+    "equal": EqualWeighting,
+    "uncertainty": UncertaintyWeighting,
+    "dwa": DWAWeighting,
+    "gradnorm": GradNormWeighting,
+    "dynamic": DynamicWeighting,
+}
+
+
+def create_weighting(name: str, task_names: Sequence[str], **options: Any) -> WeightingStrategy:
+    """Build the weighting strategy registered as ``name`` for ``task_names``.
+
+    Raises :class:`~distmtl.errors.DistmtlError` on an unknown name, an unknown or missing
+    option, or an invalid option value.
+    """
+    key = str(name).strip().lower()
+    if key not in WEIGHTINGS:
+        known = sorted(WEIGHTINGS)
+        raise DistmtlError(
+            f"unknown weighting '{name}'{close_matches(key, known)}; known: {', '.join(known)}"
+        )
+    return WEIGHTINGS[key](task_names, **options)
+
+
+__all__ = [
+    "REQUIRED",
+    "WEIGHTINGS",
+    "DWAWeighting",
+    "DynamicWeighting",
+    "EqualWeighting",
+    "GradNormWeighting",
+    "SelfOptimizingWeighting",
+    "UncertaintyWeighting",
+    "WeightingStrategy",
+    "create_weighting",
+]
