@@ -28,7 +28,12 @@ class SourceDataset(Dataset):
     def decode(self, i: int):
         ref = self.source.images[i]
         if self.source.pixels is not None:
-            return array_to_image(self.source.pixels[int(ref)], self.channels)
+            array = self.source.pixels[int(ref)]
+            if (array.ndim == 2 and self.channels == 1) or (array.ndim == 3 and array.shape[2] == self.channels == 3):
+                # already in the model's colour mode: a CHW uint8 tensor skips the PIL round trip
+                tensor = torch.from_numpy(np.ascontiguousarray(array))
+                return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+            return array_to_image(array, self.channels)
         return load_image(ref, self.channels)
 
     def __getitem__(self, i: int) -> dict:

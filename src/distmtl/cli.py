@@ -1,0 +1,227 @@
+"""The ``distmtl`` command line: train, evaluate, compare, data, datasets, relatedness."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import re
+import sys
+import warnings
+from pathlib import Path
+
+from distmtl.errors import DistmtlError
+
+# Modules that add their own subcommands: each defines add_parsers(subparsers).
+EXTENSION_COMMANDS = ("distmtl.predict_cli",)
+
+
+def cmd_train(args) -> int:
+    from distmtl.config import load_config
+    from distmtl.experiment import build_experiment
+    from distmtl.runner import set_threads, train_experiment
+
+    config = load_config(args.config, args.overrides)
+    exp = build_experiment(config)
+    if args.dry_run:
+        print(describe_experiment(exp))
+        return 0
+    set_threads()
+    out = Path(args.out or config["output"]["dir"] or Path("runs") / config["name"])
+    results = train_experiment(exp, out, resume=args.resume)
+    from distmtl.evaluation import format_metrics_table
+
+    for split in ("val", "test"):
+        if split in results:
+            print(f"\n{split} metrics (best checkpoint):")
+            print(format_metrics_table(results[split], exp.tasks))
+    print(f"\ncheckpoint: {results['checkpoint']}")
+    return 0
+
+
+def describe_experiment(exp) -> str:
+    lines = [f"experiment '{exp.config['name']}': configuration is valid"]
+    for name, task in exp.tasks.items():
+        lines.append(f"  task {name}: {task.kind}, {task.num_outputs} outputs")
+    for s in exp.train_sources:
+        counts = ", ".join(f"{t}={n}" for t, n in s.label_counts().items() if n)
+        lines.append(f"  source {s.name}: {len(s)} images ({counts})" + (f", {s.skipped} skipped" if s.skipped else ""))
+    for split, s in exp.eval_sources.items():
+        lines.append(f"  {split}: {len(s)} images")
+    for e in exp.edges:
+        lines.append(f"  relatedness {e.task_a} -> {e.task_b}: {e.relatedness.name or 'table'} "
+                     f"{e.relatedness.matrix.shape[0]}x{e.relatedness.matrix.shape[1]}")
+    return "\n".join(lines)
+
+
+def cmd_evaluate(args) -> int:
+    from distmtl.evaluate import evaluate_checkpoint
+    from distmtl.evaluation import format_metrics_table
+
+    metrics, tasks = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
+                                         num_workers=args.num_workers)
+    print(format_metrics_table(metrics, tasks))
+    if args.out:
+        from distmtl.io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(metrics, indent=2, default=float))
+        print(f"metrics written to {args.out}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from distmtl.config import load_config
+    from distmtl.runner import set_threads
+    from distmtl.study import run_compare
+
+    config = load_config(args.config, args.overrides)
+    set_threads()
+    out = Path(args.out or config["output"]["dir"] or Path("runs") / f"{config['name']}_compare")
+    result = run_compare(config, out, seeds=args.seeds, variants=args.variants,
+                         progress=False if args.quiet else None)
+    print()
+    print(result["table"])
+    print(f"\nresults: {', '.join(str(p) for p in result['paths'].values())}")
+    return 0
+
+
+def cmd_data_synth(args) -> int:
+    from distmtl.data.synthfacs import PRESETS, generate
+
+    if args.preset not in PRESETS:
+        raise DistmtlError(f"--preset: unknown preset '{args.preset}'; known: {', '.join(PRESETS)}")
+    sizes = dict(PRESETS[args.preset])
+    if args.n is not None:
+        scale = args.n / max(1, sizes.get("n_expr", 1))
+        sizes = {k: max(1, int(round(v * scale))) if k.startswith("n_") and k != "n_identities" else v
+                 for k, v in sizes.items()}
+    if args.size is not None:
+        sizes["size"] = args.size
+    paths = generate(args.out, seed=args.seed, workers=args.workers, **sizes)
+    for key, path in paths.items():
+        print(f"{key}: {path}")
+    return 0
+
+
+def cmd_datasets_list(args) -> int:
+    from distmtl.data.loaders.cli import list_datasets
+
+    print(list_datasets())
+    return 0
+
+
+def cmd_datasets_check(args) -> int:
+    from distmtl.data.loaders.cli import check_dataset
+
+    ok, text = check_dataset(args.name, args.root)
+    print(text)
+    return 0 if ok else 1
+
+
+def cmd_relatedness_show(args) -> int:
+    from distmtl.relatedness import Relatedness
+
+    rel = Relatedness.load(args.table)
+    print(rel.to_frame().round(2).to_string())
+    if args.png:
+        rel.plot(args.png, title=rel.name or str(args.table))
+        print(f"heat map written to {args.png}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="distmtl", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train one model from an experiment YAML")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", help="run folder (default output.dir or runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--dry-run", action="store_true", help="validate the config and data, train nothing")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a CSV in the generic format")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", help="write the metrics as JSON here")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--num-workers", type=int, default=2)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="single-task vs multi-task vs coupled variants, over seeds")
+    p.add_argument("--config", required=True)
+    p.add_argument("--seeds", type=int)
+    p.add_argument("--out")
+    p.add_argument("--variants", nargs="+")
+    p.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.set_defaults(func=cmd_compare)
+
+    data = sub.add_parser("data", help="generate data").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("synth", help="write SynthFACS (PNG images + CSVs in the generic format)")
+    p.add_argument("--out", required=True)
+    p.add_argument("--preset", default="demo")
+    p.add_argument("--n", type=int, help="expression-only source size (others scale with it)")
+    p.add_argument("--size", type=int, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_data_synth)
+
+    ds = sub.add_parser("datasets", help="named dataset loaders").add_subparsers(dest="ds_command", required=True)
+    p = ds.add_parser("list")
+    p.set_defaults(func=cmd_datasets_list)
+    p = ds.add_parser("check")
+    p.add_argument("name")
+    p.add_argument("--root", required=True)
+    p.set_defaults(func=cmd_datasets_check)
+
+    rel = sub.add_parser("relatedness", help="relatedness tables").add_subparsers(dest="rel_command", required=True)
+    p = rel.add_parser("show", help="print a table and draw its heat map")
+    p.add_argument("table", help="built-in name (du2014, du2014_compound, emfacs, ...) or CSV path")
+    p.add_argument("--png")
+    p.set_defaults(func=cmd_relatedness_show)
+
+    for module_name in EXTENSION_COMMANDS:
+        importlib.import_module(module_name).add_parsers(sub)
+    return parser
+
+
+def _one_line(exc: BaseException) -> str | None:
+    """The user-facing message of a DistmtlError, also when a DataLoader worker re-raised it."""
+    if isinstance(exc, DistmtlError):
+        text = str(exc)
+        match = re.search(r"DistmtlError: (.*)$", text)
+        return match.group(1).strip() if match and "Original Traceback" in text else text
+    cause = exc.__cause__ or exc.__context__
+    return _one_line(cause) if cause is not None else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import; override after)
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)
+        logging.getLogger(name).propagate = bool(args.verbose)
+    if not args.verbose:
+        warnings.filterwarnings("ignore", module="lightning")
+        warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - turn user errors into one line
+        message = _one_line(exc)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

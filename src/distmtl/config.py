@@ -1,0 +1,216 @@
+"""Experiment configuration: one YAML file, defaults, ``key.path=value`` overrides, validation.
+
+Everything is checked before any training starts; an error names the key (``data.batch_size``)
+and, for unknown keys, the closest known ones.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distmtl.errors import DistmtlError, close_matches
+
+ANY = object()  # a default that accepts any value
+FREE = "__free__"  # a mapping whose keys are the user's (task names, options)
+
+# A->B defaults to the Bernoulli KL form: with a detached target it is the one form whose minimum
+# is p^B = q ("paper" and "bce" are linear in p^B; see losses/distribution_matching.py).
+MATCHING_DEFAULTS = {"enabled": False, "weight": 1.0, "form": "kl", "stop_gradient": True,
+                     "only_unlabelled": False}
+
+DEFAULTS: dict[str, Any] = {
+    "name": "experiment",
+    "seed": 0,
+    "tasks": {FREE: ANY},
+    "data": {
+        "sources": ANY,  # list of {name, csv | loader, root, split, options, rename, skip_bad_rows}
+        "val": ANY,
+        "test": ANY,
+        "oracle": ANY,  # the training images with every label (for compare's oracle variant)
+        "image_size": 64,
+        "channels": 3,
+        "mean": [0.5, 0.5, 0.5],
+        "std": [0.5, 0.5, 0.5],
+        "sampling": ANY,  # equal | proportional | sqrt | [w, ...]
+        "batch_size": 64,
+        "eval_batch_size": 256,
+        "epoch_batches": ANY,
+        "num_workers": 2,
+        "skip_bad_rows": False,
+        "cache_images": False,  # decode every image once into RAM (small datasets only)
+        "augment": {"flip": True, "crop_scale": [0.85, 1.0], "rotation": 0.0, "color_jitter": 0.0},
+    },
+    "relatedness": ANY,  # list of edges, see EDGE_DEFAULTS
+    "losses": {FREE: ANY},  # per task: label_smoothing, class_weight, pos_weight, loss (ccc|mse)
+    "weighting": {"name": "equal", "options": {FREE: ANY}},
+    "model": {"backbone": "test_resnet", "pretrained": False, "head": "linear", "hidden": 256,
+              "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},
+    "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "schedule": "cosine",
+              "warmup_steps": 50},
+    "train": {"max_steps": 1000, "val_every_steps": 250, "monitor": "val/score", "mode": "max",
+              "early_stopping_patience": ANY, "checkpoint_every_steps": 500, "on_nan": "stop",
+              "dm_ramp_steps": 0, "deterministic": True},
+    "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+                "precision": "32-true", "accumulate_grad_batches": 1, "log_every_n_steps": 10,
+                "enable_progress_bar": True, "gradient_clip_val": ANY},
+    "compare": {"variants": ["single", "mtl", "coann", "dm", "coann+dm", "oracle"], "seeds": 3},
+    "output": {"dir": ANY},
+}
+
+EDGE_DEFAULTS: dict[str, Any] = {
+    "tasks": ANY,
+    "table": ANY,  # builtin name, CSV path, or {estimate: source_name, alpha: 1}
+    "eps": 0.05,
+    "coannotation": {"enabled": False, "variant": "soft", "weight": 1.0, "a_to_b": True,
+                     "b_to_a": True, "temperature": 1.0},
+    "dm_a_to_b": dict(MATCHING_DEFAULTS),
+    "dm_b_to_a": dict(MATCHING_DEFAULTS, form="ce"),
+}
+
+SOURCE_KEYS = {"name", "csv", "loader", "root", "split", "options", "rename", "skip_bad_rows",
+               "check_images"}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise DistmtlError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise DistmtlError(f"{path}:{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise DistmtlError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
+    for item in overrides or []:
+        apply_override(raw, item)
+    config = resolve(raw)
+    config["_config_path"] = str(path)
+    return config
+
+
+def apply_override(raw: dict, item: str) -> None:
+    """Apply ``a.b.c=value``; the value is parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in item:
+        raise DistmtlError(f"override '{item}': expected key.path=value")
+    key, text = item.split("=", 1)
+    try:
+        value = yaml.safe_load(text) if text != "" else None
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise DistmtlError(f"override '{key}': '{part}' is not a mapping")
+        node = node.setdefault(part, {})
+    last = parts[-1]
+    if isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``raw`` into the defaults, checking every key and type."""
+    config = _merge(DEFAULTS, raw, "")
+    edges = config.get("relatedness") or []
+    if not isinstance(edges, list):
+        raise DistmtlError("relatedness: expected a list of edges")
+    config["relatedness"] = [_merge(EDGE_DEFAULTS, e, f"relatedness[{i}]") for i, e in enumerate(edges)]
+    sources = config["data"]["sources"]
+    if not isinstance(sources, list) or not sources:
+        raise DistmtlError("data.sources: expected a non-empty list of sources")
+    for i, src in enumerate(sources):
+        _check_source(src, f"data.sources[{i}]")
+    for key in ("val", "test", "oracle"):
+        if config["data"][key] is not None:
+            _check_source(config["data"][key], f"data.{key}")
+    if not isinstance(config["tasks"], dict) or not config["tasks"]:
+        raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
+    return config
+
+
+def _check_source(src: Any, where: str) -> None:
+    if isinstance(src, str):
+        return
+    if not isinstance(src, dict):
+        raise DistmtlError(f"{where}: expected a mapping with 'csv' or 'loader'")
+    for key in src:
+        if key not in SOURCE_KEYS:
+            raise DistmtlError(f"{where}.{key}: unknown key{close_matches(key, SOURCE_KEYS)}")
+    if ("csv" in src) == ("loader" in src):
+        raise DistmtlError(f"{where}: give exactly one of 'csv' or 'loader'")
+
+
+def _merge(defaults: Mapping[str, Any], given: Any, prefix: str) -> dict[str, Any]:
+    if given is None:
+        given = {}
+    if not isinstance(given, Mapping):
+        raise DistmtlError(f"{prefix or 'config'}: expected a mapping, got {given!r}")
+    if FREE in defaults:
+        return copy.deepcopy(dict(given))
+    out = materialise(defaults)
+    for key, value in given.items():
+        path = f"{prefix}.{key}" if prefix else str(key)
+        if key.startswith("_"):
+            out[key] = value
+            continue
+        if key not in defaults:
+            raise DistmtlError(f"{path}: unknown config key{close_matches(key, defaults)}")
+        default = defaults[key]
+        if isinstance(default, dict):
+            out[key] = _merge(default, value, path)
+        else:
+            out[key] = _check_type(default, value, path)
+    return out
+
+
+def materialise(defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """The plain defaults: ANY becomes None, free mappings become empty."""
+    if FREE in defaults:
+        return {}
+    return {k: materialise(v) if isinstance(v, dict) else (None if v is ANY else copy.deepcopy(v))
+            for k, v in defaults.items()}
+
+
+def _check_type(default: Any, value: Any, path: str) -> Any:
+    if default is ANY or default is None or value is None:
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise DistmtlError(f"{path}: expected true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise DistmtlError(f"{path}: expected an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise DistmtlError(f"{path}: expected a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise DistmtlError(f"{path}: expected a string, got {value!r}")
+    elif isinstance(default, list):
+        if not isinstance(value, list):
+            raise DistmtlError(f"{path}: expected a list, got {value!r}")
+    return value
+
+
+def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
+    """Write the resolved config (atomically) next to the checkpoints."""
+    from distmtl.io import atomic_write_text
+
+    clean = {k: v for k, v in config.items() if not k.startswith("_")}
+    atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))

@@ -1,0 +1,44 @@
+"""``distmtl evaluate``: a checkpoint's metrics on data in the generic CSV format."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from distmtl.data.csvformat import encode, read_csv_source
+from distmtl.data.sources import SourceDataset
+from distmtl.data.transforms import eval_transform
+from distmtl.errors import DistmtlError
+from distmtl.experiment import preprocessing_from_config
+from distmtl.runner import load_module
+from distmtl.training import metrics_from_outputs
+
+
+@torch.no_grad()
+def collect_outputs(module, loader: DataLoader) -> dict[str, tuple]:
+    module.eval()
+    store: dict[str, list] = {}
+    for batch in loader:
+        outputs, _ = module.net(batch["image"])
+        for t in module.tasks:
+            parts = store.setdefault(t, [[], [], []])
+            parts[0].append(outputs[t].float())
+            parts[1].append(batch["targets"][t])
+            parts[2].append(batch["masks"][t])
+    return {t: tuple(torch.cat(x) for x in parts) for t, parts in store.items()}
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, batch_size: int = 256,
+                        num_workers: int = 2) -> tuple[dict, dict]:
+    module = load_module(checkpoint)
+    loaded = read_csv_source(data, module.tasks)
+    source = encode(loaded, module.tasks)
+    if not source.annotated_tasks:
+        raise DistmtlError(f"{data}: annotates none of the checkpoint's tasks ({', '.join(module.tasks)})")
+    pre = preprocessing_from_config(module.config)
+    loader = DataLoader(SourceDataset(source, eval_transform(pre), pre.channels),
+                        batch_size=batch_size, num_workers=num_workers)
+    metrics = metrics_from_outputs(module.tasks, collect_outputs(module, loader))
+    return metrics, module.tasks

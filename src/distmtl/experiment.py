@@ -1,0 +1,168 @@
+"""From a resolved config to tasks, encoded sources and relatedness edges, checked up front."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distmtl.data.csvformat import EncodedSource, cache_images, encode, read_csv_source
+from distmtl.data.transforms import Augmentation, Preprocessing
+from distmtl.errors import DistmtlError, close_matches
+from distmtl.tasks import Task
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Edge:
+    task_a: str
+    task_b: str
+    relatedness: Any  # distmtl.relatedness.Relatedness, aligned to the tasks' orders
+    options: dict
+
+
+@dataclass
+class Experiment:
+    config: dict
+    tasks: dict[str, Task]
+    train_sources: list[EncodedSource]
+    eval_sources: dict[str, EncodedSource] = field(default_factory=dict)
+    oracle: EncodedSource | None = None
+    edges: list[Edge] = field(default_factory=list)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return preprocessing_from_config(self.config)
+
+    @property
+    def augmentation(self) -> Augmentation:
+        aug = self.config["data"]["augment"]
+        return Augmentation(flip=aug["flip"], crop_scale=tuple(aug["crop_scale"]),
+                            rotation=aug["rotation"], color_jitter=aug["color_jitter"])
+
+
+def preprocessing_from_config(config: dict) -> Preprocessing:
+    data = config["data"]
+    return Preprocessing(size=data["image_size"], channels=data["channels"],
+                         mean=tuple(data["mean"]), std=tuple(data["std"]))
+
+
+def build_tasks(config: dict) -> dict[str, Task]:
+    tasks = {}
+    for name, spec in config["tasks"].items():
+        if not isinstance(spec, dict):
+            raise DistmtlError(f"tasks.{name}: expected a mapping with kind and labels")
+        tasks[name] = Task.from_dict(name, spec)
+    return tasks
+
+
+def source_label(spec: Any, where: str) -> str:
+    if isinstance(spec, str):
+        return Path(spec).stem
+    return spec.get("name") or (Path(spec["csv"]).stem if "csv" in spec else spec["loader"])
+
+
+def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> EncodedSource:
+    """Read one source (generic CSV or named loader) and encode it for ``tasks``."""
+    if isinstance(spec, str):
+        spec = {"csv": spec}
+    skip = spec.get("skip_bad_rows", config["data"]["skip_bad_rows"])
+    name = source_label(spec, where)
+    if "csv" in spec:
+        loaded = read_csv_source(spec["csv"], tasks, name=name, rename=spec.get("rename"),
+                                 skip_bad_rows=skip, check_images=spec.get("check_images", True))
+    else:
+        from distmtl.data.loaders import get_loader
+
+        if not spec.get("root"):
+            raise DistmtlError(f"{where}.root: the dataset folder is required for loader '{spec['loader']}'")
+        module = get_loader(spec["loader"])
+        options = dict(spec.get("options") or {})
+        loaded = module.load(spec["root"], split=spec.get("split", "train"), **options)
+        loaded.name = name
+        if spec.get("rename"):
+            loaded.frame = loaded.frame.rename(columns=dict(spec["rename"]))
+    encoded = encode(loaded, tasks)
+    if config["data"]["cache_images"]:
+        encoded = cache_images(encoded, config["data"]["image_size"], config["data"]["channels"])
+    if not encoded.annotated_tasks:
+        raise DistmtlError(f"{where} ('{name}'): annotates none of the configured tasks "
+                           f"({', '.join(tasks)})")
+    for note in encoded.notes:
+        log.warning(note)
+    return encoded
+
+
+def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
+                     with_eval: bool = True, with_oracle: bool = False) -> Experiment:
+    tasks = tasks or build_tasks(config)
+    data = config["data"]
+    train = [load_source(s, tasks, config, f"data.sources[{i}]") for i, s in enumerate(data["sources"])]
+    annotated = {t for s in train for t in s.annotated_tasks}
+    for name in tasks:
+        if name not in annotated:
+            raise DistmtlError(f"tasks.{name}: no training source annotates this task "
+                               f"(sources: {', '.join(s.name for s in train)})")
+    eval_sources = {}
+    if with_eval:
+        for split in ("val", "test"):
+            if data[split] is not None:
+                eval_sources[split] = load_source(data[split], tasks, config, f"data.{split}")
+    oracle = None
+    if with_oracle and data["oracle"] is not None:
+        oracle = load_source(data["oracle"], tasks, config, "data.oracle")
+    edges = build_edges(config, tasks, train + list(eval_sources.values()))
+    return Experiment(config, tasks, train, eval_sources, oracle, edges)
+
+
+def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource]) -> list[Edge]:
+    from distmtl.relatedness import Relatedness
+
+    edges = []
+    for i, spec in enumerate(config["relatedness"]):
+        where = f"relatedness[{i}]"
+        pair = spec["tasks"]
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise DistmtlError(f"{where}.tasks: expected [multiclass_task, multilabel_task], got {pair!r}")
+        for name in pair:
+            if name not in tasks:
+                raise DistmtlError(f"{where}.tasks: unknown task '{name}'{close_matches(name, tasks)}")
+        a, b = tasks[pair[0]], tasks[pair[1]]
+        if a.kind != "multiclass" or b.kind != "multilabel":
+            raise DistmtlError(f"{where}.tasks: expected a multiclass then a multilabel task, got "
+                               f"'{a.name}' ({a.kind}) and '{b.name}' ({b.kind})")
+        table = spec["table"]
+        if table is None:
+            raise DistmtlError(f"{where}.table: missing (a built-in name, a CSV path, or {{estimate: source}})")
+        if isinstance(table, dict):
+            if "estimate" not in table:
+                raise DistmtlError(f"{where}.table: expected {{estimate: <source name>}}, got {table!r}")
+            rel = estimate_from_source(table["estimate"], a, b, sources, where,
+                                       alpha=float(table.get("alpha", 1.0)))
+        else:
+            rel = Relatedness.load(table)
+        rel = rel.aligned(a.labels, b.labels, task_a=a.name, task_b=b.name)
+        edges.append(Edge(a.name, b.name, rel, spec))
+    return edges
+
+
+def estimate_from_source(name: str, a: Task, b: Task, sources: list[EncodedSource], where: str,
+                         alpha: float = 1.0):
+    from distmtl.relatedness import Relatedness
+
+    by_name = {s.name: s for s in sources}
+    if name not in by_name:
+        raise DistmtlError(f"{where}.table.estimate: unknown source '{name}'{close_matches(name, by_name)}")
+    src = by_name[name]
+    has_class = src.masks[a.name]
+    class_index = np.where(has_class, src.targets[a.name].argmax(axis=1), -1)
+    both = has_class & src.masks[b.name].any(axis=1)
+    if not both.any():
+        raise DistmtlError(f"{where}.table.estimate: source '{name}' has no sample annotated for both "
+                           f"'{a.name}' and '{b.name}'")
+    return Relatedness.estimate(class_index, src.targets[b.name], src.masks[b.name],
+                                a.labels, b.labels, alpha=alpha)

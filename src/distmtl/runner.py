@@ -1,0 +1,159 @@
+"""How to run: build the experiment, the Trainer and its callbacks; train, test, load checkpoints."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from distmtl.config import dump_config
+from distmtl.data.datamodule import MultiSourceDataModule
+from distmtl.errors import DistmtlError
+from distmtl.experiment import Experiment, build_experiment
+from distmtl.io import atomic_write, atomic_write_text
+from distmtl.training import MultiTaskModule
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints go to a temporary file first and are renamed into place."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
+
+
+def module_from_experiment(exp: Experiment) -> MultiTaskModule:
+    edges = [{"task_a": e.task_a, "task_b": e.task_b, "classes": list(e.relatedness.classes),
+              "labels": list(e.relatedness.labels), "matrix": e.relatedness.matrix.tolist(),
+              "prior": e.relatedness.prior.tolist(), "options": e.options} for e in exp.edges]
+    summary = {"sources": [{"name": s.name, "size": len(s), "annotated": s.label_counts()}
+                           for s in exp.train_sources]}
+    config = {k: v for k, v in exp.config.items() if not k.startswith("_")}
+    return MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, summary)
+
+
+def datamodule_from_experiment(exp: Experiment, train_sources=None) -> MultiSourceDataModule:
+    data = exp.config["data"]
+    return MultiSourceDataModule(
+        train_sources if train_sources is not None else exp.train_sources,
+        exp.eval_sources, exp.preprocessing, exp.augmentation,
+        batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],
+        sampling=data["sampling"] or "equal", epoch_batches=data["epoch_batches"],
+        num_workers=data["num_workers"], seed=exp.config["seed"])
+
+
+def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -> L.Trainer:
+    t, tr = config["train"], config["trainer"]
+    ckpt_dir = out_dir / "checkpoints"
+    callbacks = [
+        ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=t["monitor"], mode=t["mode"],
+                        save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False),
+        ModelCheckpoint(dirpath=ckpt_dir, filename="step", save_top_k=0, save_last=True,
+                        every_n_train_steps=int(t["checkpoint_every_steps"]), enable_version_counter=False),
+    ]
+    if t["early_stopping_patience"]:
+        callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["mode"],
+                                       patience=int(t["early_stopping_patience"])))
+    loggers: list = [CSVLogger(out_dir, name="logs", version="")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+        import tensorboard  # noqa: F401
+
+        loggers.append(TensorBoardLogger(out_dir, name="tb", version=""))
+    except ImportError:
+        pass
+    val_every = min(int(t["val_every_steps"]), int(t["max_steps"]))
+    return L.Trainer(
+        default_root_dir=out_dir, accelerator=tr["accelerator"], devices=tr["devices"],
+        num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=tr["precision"],
+        accumulate_grad_batches=tr["accumulate_grad_batches"], max_steps=int(t["max_steps"]),
+        max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
+        num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=bool(t["deterministic"]),
+        gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
+        enable_progress_bar=tr["enable_progress_bar"] if progress is None else progress,
+        enable_model_summary=False, callbacks=callbacks, logger=loggers,
+        plugins=[AtomicCheckpointIO()],
+    )
+
+
+def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = False,
+                     progress: bool | None = None, train_sources=None) -> dict[str, Any]:
+    """Fit, then evaluate the best checkpoint on val and test; returns and writes metrics.json."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = exp.config
+    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
+    dump_config(config, out_dir / "config.yaml")
+    module = module_from_experiment(exp)
+    dm = datamodule_from_experiment(exp, train_sources)
+    trainer = make_trainer(config, out_dir, progress=progress)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = str(last) if resume and last.exists() else None
+    if resume and ckpt_path is None:
+        log.warning("no checkpoint to resume from in %s; starting from scratch", out_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False) \
+        if _fit_takes_weights_only() else trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
+    if trainer.global_rank != 0:
+        return {}
+    best = out_dir / "checkpoints" / "best.ckpt"
+    best_module = load_module(best if best.exists() else last)
+    results: dict[str, Any] = {"checkpoint": str(best if best.exists() else last),
+                               "steps": int(trainer.global_step), "nan_skipped": module.nan_skipped}
+    eval_trainer = L.Trainer(accelerator=config["trainer"]["accelerator"], devices=1, logger=False,
+                             enable_progress_bar=False, enable_model_summary=False)
+    for split in ("val", "test"):
+        if split in exp.eval_sources:
+            eval_trainer.test(best_module, dataloaders=dm.eval_dataloader(split), verbose=False)
+            results[split] = best_module.last_metrics
+    atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2, default=float))
+    return results
+
+
+def _fit_takes_weights_only() -> bool:
+    import inspect
+
+    return "weights_only" in inspect.signature(L.Trainer.fit).parameters
+
+
+def load_checkpoint_dict(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise DistmtlError(f"{path}: checkpoint not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file or unsafe content: never unpickle arbitrary objects
+        raise DistmtlError(f"{path}: not a loadable distmtl checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def load_module(path: str | Path) -> MultiTaskModule:
+    ckpt = load_checkpoint_dict(path)
+    hp = ckpt.get("hyper_parameters")
+    if not hp or "tasks" not in hp:
+        raise DistmtlError(f"{path}: not a distmtl checkpoint (no task specification inside)")
+    module = MultiTaskModule(hp["config"], hp["tasks"], hp.get("edges"), hp.get("data_summary"))
+    module.load_state_dict(ckpt["state_dict"])
+    module.eval()
+    return module
+
+
+def train_from_config(config: dict, out_dir: str | Path | None = None, *, resume: bool = False,
+                      progress: bool | None = None) -> dict[str, Any]:
+    exp = build_experiment(config)
+    out = Path(out_dir or config["output"]["dir"] or Path("runs") / config["name"])
+    return train_experiment(exp, out, resume=resume, progress=progress)
+
+
+def set_threads() -> None:
+    """Use every core for intra-op work unless the user set OMP_NUM_THREADS."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, os.cpu_count() or 1))

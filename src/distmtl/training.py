@@ -1,0 +1,198 @@
+"""What to compute: the LightningModule (task losses, co-annotation, distribution matching, weighting)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+
+from distmtl.errors import DistmtlError
+from distmtl.evaluation import PRIMARY_METRIC, task_metrics
+from distmtl.losses import task_loss
+from distmtl.losses.graph import EdgeConfig, RelatednessEdge, RelatednessGraph
+from distmtl.models import MultiTaskNet
+from distmtl.tasks import Task
+from distmtl.weighting import create_weighting
+
+
+def edge_config(options: Mapping[str, Any], key: str) -> EdgeConfig:
+    spec = {k: options[k] for k in ("coannotation", "dm_a_to_b", "dm_b_to_a", "eps") if k in options}
+    return EdgeConfig.from_dict(spec, key)
+
+
+def loss_options(task: Task, options: Mapping[str, Any] | None) -> dict:
+    """Per-task loss options from the config (class_weight given by class name is mapped to order)."""
+    options = dict(options or {})
+    if "class_weight" in options and isinstance(options["class_weight"], Mapping):
+        weights = options["class_weight"]
+        options["class_weight"] = [float(weights.get(c, 1.0)) for c in task.labels]
+    for key in ("class_weight", "pos_weight"):
+        if isinstance(options.get(key), list):
+            options[key] = torch.tensor(options[key], dtype=torch.float32)
+    return options
+
+
+class MultiTaskModule(L.LightningModule):
+    """Everything needed to rebuild the model lives in the (plain-data) hyperparameters.
+
+    ``tasks``: ``{name: Task.to_dict()}``; ``edges``: ``[{task_a, task_b, classes, labels, matrix,
+    prior, options}]``; ``config``: the resolved experiment config.
+    """
+
+    def __init__(self, config: dict, tasks: dict, edges: list | None = None, data_summary: dict | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config
+        self.tasks = {name: Task.from_dict(name, spec) for name, spec in tasks.items()}
+        m = config["model"]
+        self.net = MultiTaskNet(self.tasks, backbone=m["backbone"], in_chans=config["data"]["channels"],
+                                pretrained=m["pretrained"], head=m["head"], hidden=m["hidden"],
+                                drop_rate=m["drop_rate"], backbone_kwargs=m.get("backbone_kwargs"))
+        self.loss_options = {t: loss_options(task, config["losses"].get(t)) for t, task in self.tasks.items()}
+        self.graph = RelatednessGraph([
+            RelatednessEdge(e["task_a"], e["task_b"], torch.tensor(e["matrix"], dtype=torch.float32),
+                            torch.tensor(e["prior"], dtype=torch.float32),
+                            edge_config(e["options"], f"relatedness[{i}]"), key=f"relatedness[{i}]")
+            for i, e in enumerate(edges or [])
+        ])
+        w = config["weighting"]
+        options = dict(w.get("options") or {})
+        if w["name"] == "dynamic":
+            options.setdefault("feature_dim", self.net.num_features)
+        self.weighting = create_weighting(w["name"], list(self.tasks), **options)
+        self.nan_skipped = 0
+        self._eval_store: dict[str, list] = {}
+
+    # ----- training -----
+    def forward(self, x):
+        return self.net(x)
+
+    def dm_scale(self) -> float:
+        ramp = int(self.config["train"]["dm_ramp_steps"] or 0)
+        return 1.0 if ramp <= 0 else min(1.0, self.global_step / ramp)
+
+    def compute_losses(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        targets, masks = batch["targets"], batch["masks"]
+        id_targets = {t: targets[t] for t, task in self.tasks.items() if task.kind == "identity"}
+        outputs, features = self.net(batch["image"], id_targets)
+        losses = {t: task_loss(task, outputs[t], targets[t], masks[t], **self.loss_options[t])
+                  for t, task in self.tasks.items()}
+        self._check_finite(losses, "task loss")
+        kwargs = {}
+        if self.weighting.needs_features:
+            kwargs["features"] = features
+        if self.weighting.needs_shared_parameters:
+            kwargs["shared_parameters"] = self.net.last_shared_parameters()
+        total = self.weighting(losses, **kwargs)
+        terms = self.graph(outputs, targets, masks, dm_scale=self.dm_scale()) if len(self.graph.edges) else {}
+        self._check_finite(terms, "coupling term")
+        for value in terms.values():
+            total = total + value
+        logged = {f"loss/{t}": v.detach() for t, v in losses.items()}
+        logged.update({f"term/{k}": v.detach() for k, v in terms.items()})
+        return total, logged
+
+    def _check_finite(self, values: Mapping[str, torch.Tensor], what: str) -> None:
+        for name, value in values.items():
+            if not torch.isfinite(value).all():
+                self._nonfinite = (what, name, float(value.detach().reshape(-1)[0]))
+                if self.config["train"]["on_nan"] == "stop":
+                    raise DistmtlError(f"non-finite {what} '{name}' = {self._nonfinite[2]} at step "
+                                       f"{self.global_step} (set train.on_nan: skip to skip such batches)")
+
+    def training_step(self, batch, batch_idx):
+        self._nonfinite = None
+        total, logged = self.compute_losses(batch)
+        if self._nonfinite is not None or not torch.isfinite(total):
+            self.nan_skipped += 1
+            self.log("train/nan_skipped", float(self.nan_skipped))
+            return None
+        bs = batch["image"].shape[0]
+        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+        self.log_dict(logged, batch_size=bs)
+        self.log_dict({f"weight/{t}": float(v) for t, v in self.weighting.weights.items()}, batch_size=bs)
+        return total
+
+    def on_train_epoch_end(self):
+        self.weighting.on_train_epoch_end()
+
+    # ----- evaluation -----
+    def _store(self, batch):
+        outputs, _ = self.net(batch["image"])
+        for t in self.tasks:
+            store = self._eval_store.setdefault(t, [[], [], []])
+            store[0].append(outputs[t].detach().float().cpu())
+            store[1].append(batch["targets"][t].cpu())
+            store[2].append(batch["masks"][t].cpu())
+
+    def collected(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        out = {t: tuple(torch.cat(x) for x in parts) for t, parts in self._eval_store.items()}
+        self._eval_store = {}
+        return out
+
+    def validation_step(self, batch, batch_idx):
+        self._store(batch)
+
+    def test_step(self, batch, batch_idx):
+        self._store(batch)
+
+    def _log_eval(self, prefix: str):
+        collected = self.collected()
+        if self.trainer.world_size > 1:
+            collected = {t: tuple(self.all_gather(x).flatten(0, 1) for x in parts)
+                         for t, parts in collected.items()}
+        metrics = metrics_from_outputs(self.tasks, collected)
+        scores = []
+        for t, m in metrics.items():
+            primary = m.get(PRIMARY_METRIC[self.tasks[t].kind])
+            if primary is not None and not math.isnan(primary):
+                self.log(f"{prefix}/{t}/{PRIMARY_METRIC[self.tasks[t].kind]}", float(primary), sync_dist=False)
+                scores.append(float(primary))
+        self.log(f"{prefix}/score", sum(scores) / len(scores) if scores else 0.0, prog_bar=True)
+        self.last_metrics = metrics
+
+    def on_validation_epoch_end(self):
+        self._log_eval("val")
+
+    def on_test_epoch_end(self):
+        self._log_eval("test")
+
+    # ----- optimisation -----
+    def configure_optimizers(self):
+        o = self.config["optim"]
+        private = set()
+        if self.weighting.owns_optimizer:
+            private = {id(p) for p in self.weighting.parameters()}
+        params = [p for p in self.parameters() if id(p) not in private and p.requires_grad]
+        if o["name"] == "adamw":
+            opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+        elif o["name"] == "sgd":
+            opt = torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["weight_decay"])
+        else:
+            raise DistmtlError(f"optim.name: unknown optimiser '{o['name']}' (adamw or sgd)")
+        total = max(1, int(self.config["train"]["max_steps"]))
+        warmup = int(o["warmup_steps"] or 0)
+        if o["schedule"] == "constant":
+            return opt
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+
+        if o["schedule"] != "cosine":
+            raise DistmtlError(f"optim.schedule: unknown schedule '{o['schedule']}' (cosine or constant)")
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def metrics_from_outputs(tasks: Mapping[str, Task], collected: Mapping[str, tuple]) -> dict[str, dict]:
+    metrics = {}
+    for t, (outputs, targets, masks) in collected.items():
+        if masks.any():
+            metrics[t] = task_metrics(tasks[t], outputs, targets, masks)
+    return metrics

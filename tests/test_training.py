@@ -1,0 +1,103 @@
+"""End to end on CPU with tiny data: training helps, evaluate matches scikit-learn, compare resumes."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from sklearn.metrics import f1_score
+
+from distmtl.config import resolve
+from distmtl.evaluate import collect_outputs, evaluate_checkpoint
+from distmtl.experiment import build_experiment
+from distmtl.runner import datamodule_from_experiment, load_module, module_from_experiment, train_experiment
+from distmtl.study import run_compare
+from distmtl.training import metrics_from_outputs
+from toydata import raw_config, write_dataset
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("toy"))
+
+
+@pytest.fixture(scope="module")
+def trained(files, tmp_path_factory):
+    exp = build_experiment(resolve(raw_config(files)))
+    out = tmp_path_factory.mktemp("run")
+    results = train_experiment(exp, out, progress=False)
+    return exp, out, results
+
+
+def test_two_epochs_improve_validation_over_untrained(trained):
+    exp, out, results = trained
+    torch.manual_seed(0)
+    untrained = module_from_experiment(exp)
+    loader = datamodule_from_experiment(exp).eval_dataloader("val")
+    before = metrics_from_outputs(untrained.tasks, collect_outputs(untrained, loader))
+    after = results["val"]
+    assert results["steps"] == 30  # 2 epochs of 15 batches
+    assert after["expression"]["macro_f1"] > before["expression"]["macro_f1"] + 0.2
+    assert after["au"]["mean_f1"] > before["au"]["mean_f1"] + 0.1
+    assert (out / "checkpoints" / "best.ckpt").exists() and (out / "checkpoints" / "last.ckpt").exists()
+    assert yaml.safe_load((out / "config.yaml").read_text())["train"]["max_steps"] == 30
+    assert (out / "logs" / "metrics.csv").exists()
+
+
+def test_evaluate_equals_scikit_learn(trained, files):
+    _, out, _ = trained
+    ckpt = out / "checkpoints" / "best.ckpt"
+    metrics, _ = evaluate_checkpoint(ckpt, files["test"], num_workers=0)
+    module = load_module(ckpt)
+    exp = build_experiment(resolve(raw_config(files)))
+    outputs = collect_outputs(module, datamodule_from_experiment(exp).eval_dataloader("test"))
+    logits, targets, _ = outputs["expression"]
+    expected = f1_score(targets.argmax(1).numpy(), logits.argmax(1).numpy(), average="macro")
+    assert metrics["expression"]["macro_f1"] == pytest.approx(expected, abs=1e-6)
+    au_logits, au_targets, _ = outputs["au"]
+    per_label = [f1_score(au_targets[:, j].numpy(), (torch.sigmoid(au_logits[:, j]) > 0.5).numpy(),
+                          zero_division=0) for j in range(au_targets.shape[1])]
+    assert metrics["au"]["mean_f1"] == pytest.approx(float(np.mean(per_label)), abs=1e-6)
+
+
+def test_compare_has_every_variant_and_resume_skips_finished_runs(files, tmp_path, capsys):
+    raw = raw_config(files, max_steps=8, val_every_steps=8)
+    config = resolve(raw)
+    result = run_compare(config, tmp_path, seeds=2, progress=False)
+    table = result["table"]
+    for name in ("single", "mtl", "coann", "dm", "oracle"):
+        assert name in set(result["summary"]["variant"])
+    assert "expression" in table and "au" in table
+    for f in ("results.csv", "results.md", "results.png", "runs.csv"):
+        assert (tmp_path / f).exists()
+    md = (tmp_path / "results.md").read_text()
+    assert "gap" in md.lower()
+    capsys.readouterr()
+    again = run_compare(config, tmp_path, seeds=2, progress=False)
+    printed = capsys.readouterr().out
+    assert printed.count("cached") == 14 and "training" not in printed
+    assert again["summary"]["mean"].tolist() == result["summary"]["mean"].tolist()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
+def test_two_process_ddp_on_cpu_trains_and_checkpoint_loads(files, tmp_path):
+    raw = raw_config(files, max_steps=4, val_every_steps=4)
+    raw["trainer"].update(devices=2, strategy="ddp", accelerator="cpu")
+    raw["relatedness"] = []
+    cfg = tmp_path / "ddp.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, "-m", "distmtl.cli", "train", "--config", str(cfg),
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    module = load_module(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert set(module.tasks) == {"expression", "au"}
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 4
