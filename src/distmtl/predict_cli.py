@@ -1,0 +1,183 @@
+"""Subcommands for inference and export (``distmtl export``, ``distmtl predict``).
+
+``distmtl predict`` streams rows to the CSV as batches finish (each batch is written whole and
+flushed, so a job that dies keeps every finished batch) and writes a JSON sidecar next to it
+(``preds.csv`` -> ``preds.json``) with the model config's SHA-256, the label orders, thresholds and
+columns, the run's options and, once finished, ``complete: true`` and the row counts.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import time
+from pathlib import Path
+
+DELAY_ENV = "DISTMTL_PREDICT_TEST_DELAY"  # seconds to sleep after each batch (tests only)
+
+
+def cmd_export(args) -> int:
+    from distmtl.export import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, export_model
+
+    config = export_model(args.checkpoint, args.out, val=args.val, calibrate_thresholds=not args.no_calibrate,
+                          onnx=args.onnx, onnx_exporter=args.onnx_exporter, opset=args.opset,
+                          batch_size=args.batch_size, num_workers=args.num_workers)
+    out = Path(args.out)
+    written = [WEIGHTS_NAME, CONFIG_NAME] + ([ONNX_NAME] if args.onnx else [])
+    print(f"model written to {out}: {', '.join(written)}")
+    for task, info in (config.get("calibration") or {}).items():
+        print(f"  thresholds of '{task}': " + (f"calibrated on {info['source']}" if info.get("source")
+                                             else info.get("note", "default 0.5")))
+    if args.onnx and config["onnx"].get("max_abs_diff_vs_torch") is not None:
+        print(f"  ONNX ({config['onnx']['exporter']} exporter) vs PyTorch: max abs diff "
+              f"{config['onnx']['max_abs_diff_vs_torch']:.2g}")
+    return 0
+
+
+def sidecar_path(out: str | Path) -> Path:
+    out = Path(out)
+    side = out.with_suffix(".json")
+    return side if side != out else out.with_name(out.name + ".meta.json")
+
+
+def cmd_predict(args) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    from distmtl.errors import DistmtlError
+    from distmtl.io import atomic_write_text
+    from distmtl.predict import FaceDetector, Predictor, gather_inputs
+
+    if args.detect:
+        FaceDetector()  # one clear line when OpenCV is missing, before the model loads
+    predictor = Predictor.from_pretrained(args.model, device=args.device)
+    items = gather_inputs(args.inputs)
+    columns = predictor.columns(compound=args.compound, detect=args.detect)
+    out, side = Path(args.out), sidecar_path(args.out)
+    if out.is_dir():
+        raise DistmtlError(f"{out}: is a folder; -o expects a CSV file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    plot_dir = Path(args.plot) if args.plot else None
+    if plot_dir is not None:
+        plot_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"model": str(Path(args.model).resolve()), **predictor.describe(), "columns": columns,
+            "inputs": len(items), "batch_size": args.batch_size, "device": str(predictor.device),
+            "compound": args.compound, "detect": args.detect,
+            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "complete": False}
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
+    delay = float(os.environ.get(DELAY_ENV) or 0)
+    rows = errors = no_face = 0
+    with open(out, "w", newline="", encoding="utf-8") as handle, \
+            tqdm(total=len(items), unit="img", disable=True if args.quiet else None) as bar:
+        handle.write(pd.DataFrame(columns=columns).to_csv(index=False))
+        handle.flush()
+        for frame in predictor.iter_predict(items, args.batch_size, args.num_workers, strict=args.strict,
+                                            compound=args.compound, detect=args.detect):
+            handle.write(frame.to_csv(index=False, header=False, float_format="%.6g"))
+            handle.flush()  # one write per batch: a killed job leaves whole rows only
+            rows += len(frame)
+            errors += int((frame["error"] != "").sum())
+            if args.detect:
+                no_face += int((frame["face_detected"] == 0).sum())
+            if plot_dir is not None:
+                for offset, (_, row) in enumerate(frame.iterrows()):
+                    if row["error"] == "" and not (args.detect and row["face_detected"] == 0):
+                        plot_prediction(row, predictor, plot_dir / _plot_name(rows - len(frame) + offset, row["input"]))
+            bar.update(len(frame))
+            if delay:
+                time.sleep(delay)
+    meta.update(complete=True, rows=rows, errors=errors, finished=_dt.datetime.now(
+        _dt.timezone.utc).isoformat(timespec="seconds"), **({"no_face": no_face} if args.detect else {}))
+    atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
+    extra = f", {no_face} without a face" if args.detect else ""
+    print(f"{rows} rows written to {out} ({errors} unreadable{extra}); metadata in {side}")
+    return 0
+
+
+def _plot_name(index: int, name: str) -> str:
+    stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(str(name)).stem)
+    return f"{index:06d}_{stem[:60]}.png"
+
+
+def plot_prediction(row, predictor, path: str | Path) -> Path:
+    """A PNG with the input image, its class probabilities and its label probabilities."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from distmtl.data.transforms import load_image
+
+    bars = []  # (title, names, values, thresholds or None)
+    for name, groups in predictor.task_columns.items():
+        task = predictor.tasks[name]
+        values = [float(row[c]) for c in groups["values"]]
+        if task.kind == "multiclass":
+            bars.append((f"{name}: {row[name]}", list(task.labels), values, None))
+        elif task.kind == "multilabel":
+            bars.append((name, list(task.labels), values, list(predictor.thresholds[name])))
+    if "compound" in row.index and isinstance(row["compound"], str):
+        classes = [c[len("compound_"):] for c in row.index if c.startswith("compound_")]
+        bars.append((f"compound: {row['compound']}", classes,
+                     [float(row[f"compound_{c}"]) for c in classes], None))
+    fig = Figure(figsize=(4 + 4 * max(1, len(bars)), 4.5))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 1 + len(bars), squeeze=False)[0]
+    try:
+        image = load_image(row["input"], 3)
+        axes[0].imshow(image)
+        if "face_x" in row.index and row.get("face_detected") == 1:
+            from matplotlib.patches import Rectangle
+
+            axes[0].add_patch(Rectangle((row["face_x"], row["face_y"]), row["face_w"], row["face_h"],
+                                        fill=False, edgecolor="lime", linewidth=2))
+    except Exception:  # noqa: BLE001 - the bars are still worth drawing
+        axes[0].text(0.5, 0.5, "image not available", ha="center", va="center")
+    axes[0].set_title(Path(str(row["input"])).name[:40], fontsize=9)
+    axes[0].axis("off")
+    for ax, (title, names, values, thresholds) in zip(axes[1:], bars):
+        positions = range(len(names))
+        colors = ["tab:blue"] * len(names) if thresholds is None else \
+            ["tab:orange" if v > t else "tab:gray" for v, t in zip(values, thresholds)]
+        ax.barh(positions, values, color=colors)
+        if thresholds is not None:
+            ax.scatter(thresholds, positions, marker="|", color="black", s=80, label="threshold")
+        ax.set_yticks(list(positions), names, fontsize=7)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    return Path(path)
+
+
+def add_parsers(sub) -> None:
+    """Register this module's subcommands on the top-level subparsers."""
+    p = sub.add_parser("export", help="write a model folder (safetensors + JSON config, optional ONNX)")
+    p.add_argument("--checkpoint", required=True, help="a training checkpoint (.ckpt)")
+    p.add_argument("--out", required=True, help="model folder to write")
+    p.add_argument("--val", help="CSV (generic format) to calibrate the multilabel thresholds on "
+                                 "(default: the experiment's data.val when readable, else 0.5)")
+    p.add_argument("--no-calibrate", action="store_true", help="keep every threshold at 0.5")
+    p.add_argument("--onnx", action="store_true", help="also write model.onnx (needs distmtl[onnx])")
+    p.add_argument("--onnx-exporter", default="auto", choices=["auto", "legacy", "dynamo"])
+    p.add_argument("--opset", type=int, help="ONNX opset (default 17 legacy, 18 dynamo)")
+    p.add_argument("--batch-size", type=int, default=256, help="for calibration")
+    p.add_argument("--num-workers", type=int, default=0, help="for calibration")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("predict", help="predict on images with an exported model; rows stream to a CSV")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of face crops")
+    p.add_argument("--model", required=True, help="model folder written by distmtl export")
+    p.add_argument("-o", "--out", required=True,
+                   help="CSV file to write (rows stream in; metadata goes to the same name with .json)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
+    p.add_argument("--detect", action="store_true",
+                   help='crop the largest face first (OpenCV Haar cascade; pip install "opencv-python-headless<5")')
+    p.add_argument("--compound", action="store_true", help="add zero-shot compound-expression columns")
+    p.add_argument("--plot", metavar="DIR", help="write one PNG per image with its prediction bars")
+    p.add_argument("--strict", action="store_true", help="stop at the first unreadable input")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_predict)
