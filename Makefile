@@ -21,9 +21,18 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks
 
-demo: $(STAMP)
+data/synthfacs/synthfacs.json: | $(STAMP)
 	$(BIN)/distmtl data synth --out data/synthfacs --preset demo --seed 0
-	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 3 --out runs/demo
+
+demo: $(STAMP) data/synthfacs/synthfacs.json
+	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 3 --out runs/demo --quiet
 
 clean:
 	rm -rf runs .pytest_cache
+
+# Fashion-MNIST (real data for the beyond-faces study) comes from Debian's package.
+FASHION_DIR := /usr/share/datasets/fashion-mnist
+fashion-mnist:
+	@if [ -f $(FASHION_DIR)/train-images-idx3-ubyte.gz ]; then echo "Fashion-MNIST: $(FASHION_DIR)"; \
+	elif [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist; \
+	else echo "Fashion-MNIST is missing: run 'sudo apt-get install dataset-fashion-mnist' (or pass root: DIR in the config)"; exit 1; fi

@@ -101,3 +101,19 @@ def test_two_process_ddp_on_cpu_trains_and_checkpoint_loads(files, tmp_path):
     assert set(module.tasks) == {"expression", "au"}
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["steps"] == 4
+
+
+def test_learned_coactivation_is_mean_label_probability_per_predicted_class():
+    from distmtl.runner import learned_coactivation
+
+    logits_a = torch.tensor([[2.0, 0.0], [3.0, 1.0], [0.0, 1.0]])  # predicted: 0, 0, 1
+    logits_b = torch.tensor([[0.0, 100.0], [0.0, -100.0], [100.0, 0.0]])
+    means, counts = learned_coactivation(logits_a, logits_b)
+    assert counts.tolist() == [2.0, 1.0]
+    torch.testing.assert_close(means, torch.tensor([[0.5, 0.5], [1.0, 0.5]]))
+
+
+def test_training_writes_coactivation_beside_prior(trained):
+    _, out, _ = trained
+    assert (out / "coactivation_expression_au.png").stat().st_size > 1000
+    assert (out / "coactivation_expression_au.csv").exists()

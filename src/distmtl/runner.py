@@ -115,8 +115,38 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
         if split in exp.eval_sources:
             eval_trainer.test(best_module, dataloaders=dm.eval_dataloader(split), verbose=False)
             results[split] = best_module.last_metrics
+            if split == "test":
+                write_coactivation(exp, best_module.last_outputs, out_dir)
     atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2, default=float))
     return results
+
+
+def learned_coactivation(logits_a: torch.Tensor, logits_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean predicted label probability per predicted class ([K, J]) and how often each class is predicted."""
+    predicted = logits_a.argmax(1)
+    onehot = torch.nn.functional.one_hot(predicted, logits_a.shape[1]).float()
+    counts = onehot.sum(0)
+    means = onehot.T @ torch.sigmoid(logits_b) / counts.clamp(min=1)[:, None]
+    return means, counts
+
+
+def write_coactivation(exp: Experiment, outputs: dict, out_dir: Path) -> None:
+    """Draw what the trained model learned (co-activation on the test split) beside the prior table."""
+    from distmtl.relatedness import Relatedness
+
+    for edge in exp.edges:
+        if edge.task_a not in outputs or edge.task_b not in outputs:
+            continue
+        means, counts = learned_coactivation(outputs[edge.task_a][0], outputs[edge.task_b][0])
+        learned = Relatedness(means.clamp(0, 1).double().numpy(), edge.relatedness.classes,
+                              edge.relatedness.labels, name="learned")
+        stem = out_dir / f"coactivation_{edge.task_a}_{edge.task_b}"
+        learned.to_csv(stem.with_suffix(".csv"))
+        never = [c for c, n in zip(learned.classes, counts.tolist()) if n == 0]
+        note = f" (never predicted: {', '.join(never)})" if never else ""
+        learned.plot(stem.with_suffix(".png"), other=edge.relatedness,
+                     title=f"learned: mean p({edge.task_b} | predicted {edge.task_a}), test split{note}",
+                     other_title=f"prior: {edge.relatedness.name or 'table'}")
 
 
 def _fit_takes_weights_only() -> bool:

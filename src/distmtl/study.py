@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import hashlib
 import json
 import logging
@@ -106,6 +107,7 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
             print(f"[{done}/{total}] {name} seed {seed}: {status}", flush=True)
             if metrics is None:
                 metrics = train_experiment(run_exp, run_dir, progress=progress)
+                gc.collect()  # release the finished run's DataLoader workers before the next one
                 atomic_write_text(run_dir / "run.json", json.dumps(
                     {"hash": run_hash(run_exp, seed), "variant": variant, "seed": seed}))
             for t in reported:

@@ -153,6 +153,7 @@ class MultiTaskModule(L.LightningModule):
                 scores.append(float(primary))
         self.log(f"{prefix}/score", sum(scores) / len(scores) if scores else 0.0, prog_bar=True)
         self.last_metrics = metrics
+        self.last_outputs = collected
 
     def on_validation_epoch_end(self):
         self._log_eval("val")

@@ -42,12 +42,12 @@ class MultiSourceDataModule(L.LightningDataModule):
             self.train_set.sizes, batch_size, ratios=sampling, epoch_batches=epoch_batches, seed=seed)
 
     def _loader_kwargs(self) -> dict:
-        workers = self.num_workers
-        return {"num_workers": workers, "persistent_workers": workers > 0,
-                "pin_memory": False}
+        return {"num_workers": self.num_workers, "pin_memory": False}
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_sampler=self.sampler, **self._loader_kwargs())
+        # persistent workers live as long as the DataLoader: worth it across training epochs only
+        return DataLoader(self.train_set, batch_sampler=self.sampler, persistent_workers=self.num_workers > 0,
+                          **self._loader_kwargs())
 
     def eval_dataloader(self, split: str) -> DataLoader:
         source = self.eval_sources[split]
