@@ -189,20 +189,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+WORKER_MARK = "Original Traceback"
+QUALIFIED = "distmtl.errors.DistmtlError: "
+
+
 def _one_line(exc: BaseException) -> str | None:
-    """The user-facing message of a DistmtlError, also when a DataLoader worker re-raised it."""
-    if isinstance(exc, DistmtlError):
-        text = str(exc)
-        match = re.search(r"DistmtlError: (.*)$", text)
-        return match.group(1).strip() if match and "Original Traceback" in text else text
-    cause = exc.__cause__ or exc.__context__
-    return _one_line(cause) if cause is not None else None
+    """The user-facing message of a DistmtlError, also when a DataLoader worker re-raised it.
+
+    A worker's error reaches the main process as ``DistmtlError("Caught DistmtlError in DataLoader
+    worker process 0. Original Traceback ... distmtl.errors.DistmtlError: <message>")``: only the
+    message after the last qualified exception name is kept. Errors wrapped by another exception
+    (``raise X from err``) are found through the cause chain.
+    """
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, DistmtlError):
+            text = " ".join(str(exc).splitlines())
+            if WORKER_MARK in text:
+                if QUALIFIED in text:
+                    return text.rsplit(QUALIFIED, 1)[1].strip()
+                match = re.search(r"DistmtlError: (.*)$", text)
+                if match:
+                    return match.group(1).strip()
+            return text
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import; override after)
+    if args.command in ("train", "compare", "evaluate", "export"):
+        import lightning.pytorch  # noqa: F401  (it sets its loggers' levels on import; override after)
 
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.INFO if args.verbose else logging.WARNING)

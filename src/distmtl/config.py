@@ -42,6 +42,7 @@ DEFAULTS: dict[str, Any] = {
         "epoch_batches": ANY,
         "num_workers": 2,
         "skip_bad_rows": False,
+        "check_images": ANY,  # exists (default, also true) | decode | none (also false); per source too
         "cache_images": False,  # decode every image once into RAM (small datasets only)
         "augment": {"flip": True, "crop_scale": [0.85, 1.0], "rotation": 0.0, "color_jitter": 0.0},
     },
@@ -138,6 +139,9 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key in ("val", "test", "oracle"):
         if config["data"][key] is not None:
             _check_source(config["data"][key], f"data.{key}")
+    from distmtl.data.csvformat import image_check_mode
+
+    config["data"]["check_images"] = image_check_mode(config["data"]["check_images"], "data.check_images")
     if not isinstance(config["tasks"], dict) or not config["tasks"]:
         raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
     return config
@@ -153,6 +157,10 @@ def _check_source(src: Any, where: str) -> None:
             raise DistmtlError(f"{where}.{key}: unknown key{close_matches(key, SOURCE_KEYS)}")
     if ("csv" in src) == ("loader" in src):
         raise DistmtlError(f"{where}: give exactly one of 'csv' or 'loader'")
+    if "check_images" in src:
+        from distmtl.data.csvformat import image_check_mode
+
+        image_check_mode(src["check_images"], f"{where}.check_images")
 
 
 def _merge(defaults: Mapping[str, Any], given: Any, prefix: str) -> dict[str, Any]:

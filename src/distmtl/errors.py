@@ -14,7 +14,12 @@ class DistmtlError(ValueError):
     """A user-facing error with a one-line message."""
 
     def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split("\n")))
+        text = " ".join(str(message).split("\n"))
+        # re-raised by a DataLoader worker: keep the original message, not the wrapped traceback
+        marker = "distmtl.errors.DistmtlError: "
+        if "Original Traceback" in text and marker in text:
+            text = text.rsplit(marker, 1)[1].strip()
+        super().__init__(text)
 
 
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:

@@ -71,10 +71,11 @@ def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
     if isinstance(spec, str):
         spec = {"csv": spec}
     skip = spec.get("skip_bad_rows", config["data"]["skip_bad_rows"])
+    check = spec.get("check_images", config["data"].get("check_images", True))
     name = source_label(spec, where)
     if "csv" in spec:
         loaded = read_csv_source(spec["csv"], tasks, name=name, rename=spec.get("rename"),
-                                 skip_bad_rows=skip, check_images=spec.get("check_images", True))
+                                 skip_bad_rows=skip, check_images=check)
     else:
         from distmtl.data.loaders import get_loader
 
@@ -92,14 +93,16 @@ def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
     if not encoded.annotated_tasks:
         raise DistmtlError(f"{where} ('{name}'): annotates none of the configured tasks "
                            f"({', '.join(tasks)})")
-    for note in encoded.notes:
-        log.warning(note)
+    if "csv" not in spec:  # the CSV reader logs its own notes (skipped rows) as it reads
+        for note in encoded.notes:
+            log.warning(note)
     return encoded
 
 
 def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
                      with_eval: bool = True, with_oracle: bool = False) -> Experiment:
     tasks = tasks or build_tasks(config)
+    check_model_and_weighting(config)
     data = config["data"]
     train = [load_source(s, tasks, config, f"data.sources[{i}]") for i, s in enumerate(data["sources"])]
     annotated = {t for s in train for t in s.annotated_tasks}
@@ -117,6 +120,21 @@ def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
         oracle = load_source(data["oracle"], tasks, config, "data.oracle")
     edges = build_edges(config, tasks, train + list(eval_sources.values()))
     return Experiment(config, tasks, train, eval_sources, oracle, edges)
+
+
+def check_model_and_weighting(config: dict) -> None:
+    """Names that would otherwise fail only when the network is built: checked before any data loads."""
+    from distmtl.models import check_backbone
+    from distmtl.weighting import WEIGHTINGS
+
+    if config.get("model"):
+        check_backbone(config["model"]["backbone"])
+    if config.get("weighting"):
+        name = config["weighting"]["name"]
+        if str(name).strip().lower() not in WEIGHTINGS:
+            known = sorted(WEIGHTINGS)
+            raise DistmtlError(f"weighting.name: unknown weighting '{name}'"
+                               f"{close_matches(str(name).strip().lower(), known)}; known: {', '.join(known)}")
 
 
 def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource]) -> list[Edge]:
@@ -137,15 +155,54 @@ def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSourc
                                f"'{a.name}' ({a.kind}) and '{b.name}' ({b.kind})")
         table = spec["table"]
         if table is None:
-            raise DistmtlError(f"{where}.table: missing (a built-in name, a CSV path, or {{estimate: source}})")
-        if isinstance(table, dict):
+            raise DistmtlError(f"{where}.table: missing (a built-in name, a CSV path, "
+                               f"{{estimate: source}} or {{loader: name, root: folder}})")
+        if isinstance(table, dict) and "loader" in table:
+            # The table a dataset ships (CUB-200's class-attribute matrix, Fashion-MNIST's
+            # class-attribute table): the loader module's relatedness(root, **options).
+            from distmtl.data.loaders import get_loader
+
+            unknown = sorted(set(table) - {"loader", "root", "options"})
+            if unknown:
+                raise DistmtlError(f"{where}.table.{unknown[0]}: unknown key"
+                                   f"{close_matches(unknown[0], ['loader', 'root', 'options'])}")
+            module = get_loader(table["loader"])
+            if not hasattr(module, "relatedness"):
+                raise DistmtlError(f"{where}.table.loader: loader '{table['loader']}' provides no "
+                                   f"relatedness table")
+            root = table.get("root")
+            if root is None:
+                import inspect
+
+                param = inspect.signature(module.relatedness).parameters.get("root")
+                if param is None or param.default is inspect.Parameter.empty:
+                    raise DistmtlError(f"{where}.table.root: the dataset folder is required for "
+                                       f"loader '{table['loader']}'")
+            options = table.get("options") or {}
+            if not isinstance(options, dict):
+                raise DistmtlError(f"{where}.table.options: expected a mapping, got {options!r}")
+            try:
+                rel = module.relatedness(root, **options)
+            except TypeError as exc:
+                if not options:
+                    raise
+                raise DistmtlError(f"{where}.table.options: loader '{table['loader']}' rejects "
+                                   f"them ({exc})") from None
+        elif isinstance(table, dict):
             if "estimate" not in table:
-                raise DistmtlError(f"{where}.table: expected {{estimate: <source name>}}, got {table!r}")
+                raise DistmtlError(f"{where}.table: expected {{estimate: <source name>}} or "
+                                   f"{{loader: <name>, root: <folder>}}, got {table!r}")
             rel = estimate_from_source(table["estimate"], a, b, sources, where,
                                        alpha=float(table.get("alpha", 1.0)))
         else:
-            rel = Relatedness.load(table)
-        rel = rel.aligned(a.labels, b.labels, task_a=a.name, task_b=b.name)
+            try:
+                rel = Relatedness.load(table)
+            except DistmtlError as exc:
+                raise DistmtlError(f"{where}.table: {exc}") from None
+        try:
+            rel = rel.aligned(a.labels, b.labels, task_a=a.name, task_b=b.name)
+        except DistmtlError as exc:
+            raise DistmtlError(f"{where}.table: {exc}") from None
         edges.append(Edge(a.name, b.name, rel, spec))
     return edges
 

@@ -13,11 +13,16 @@ from distmtl.errors import DistmtlError, close_matches
 from distmtl.tasks import Task
 
 
+def check_backbone(name: str) -> None:
+    """A one-line error naming ``model.backbone`` and the closest timm names, unless timm knows ``name``."""
+    if not isinstance(name, str) or not timm.is_model(name):
+        raise DistmtlError(f"model.backbone: unknown timm model '{name}'"
+                           f"{close_matches(str(name), timm.list_models(), n=5)}")
+
+
 def create_backbone(name: str, in_chans: int, pretrained: bool = False, **kwargs) -> nn.Module:
     """Any timm model by name, as a feature extractor (``num_classes=0``: pooled features)."""
-    if not timm.is_model(name):
-        raise DistmtlError(f"model.backbone: unknown timm model '{name}'"
-                           f"{close_matches(name, timm.list_models(), n=5)}")
+    check_backbone(name)
     try:
         return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
     except TypeError as exc:

@@ -358,7 +358,7 @@ def _as_float_matrix(matrix, classes, labels, where: str) -> np.ndarray:
                 col = labels[j] if j < len(labels) else f"column {j}"
                 raise DistmtlError(
                     f"{where}: class '{row}', label '{col}': {value!r} is not a number"
-                )
+                ) from None
     raise DistmtlError(f"{where}: matrix is not a 2-D array of numbers")
 
 

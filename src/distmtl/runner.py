@@ -171,7 +171,11 @@ def load_module(path: str | Path) -> MultiTaskModule:
     if not hp or "tasks" not in hp:
         raise DistmtlError(f"{path}: not a distmtl checkpoint (no task specification inside)")
     module = MultiTaskModule(hp["config"], hp["tasks"], hp.get("edges"), hp.get("data_summary"))
-    module.load_state_dict(ckpt["state_dict"])
+    try:
+        module.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError) as exc:
+        raise DistmtlError(f"{path}: weights do not match the task specification inside "
+                           f"({str(exc).splitlines()[0]})") from None
     module.eval()
     return module
 

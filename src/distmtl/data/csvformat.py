@@ -7,11 +7,19 @@ identity. An empty cell (or -1 for a binary label) means "not annotated". Option
 ``subject``, ``split``. Every row is validated before anything trains: bad rows produce one error
 that names the file, line, column and value of the first few and the count, or, when the user asks
 for it, are skipped and counted.
+
+Image files are checked up front as ``check_images`` says: ``exists`` (the default, also ``true``:
+the file exists and is not empty; costs one ``stat`` per row), ``decode`` (every image is decoded
+once, which also finds truncated and non-image files; costs a full read of the dataset) or ``none``
+(also ``false``). A file that passes the check but cannot be decoded later fails at load time with a
+one-line error naming it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +35,20 @@ log = logging.getLogger(__name__)
 
 MAX_LISTED_ERRORS = 3
 BINARY_MISSING = {"", "-1", "-1.0", "nan"}
+IMAGE_CHECKS = ("exists", "decode", "none")
+
+
+def image_check_mode(value, where: str = "check_images") -> str:
+    """Normalise a ``check_images`` setting: true/exists, decode, false/none."""
+    if value is None or value is True:
+        return "exists"
+    if value is False:
+        return "none"
+    text = str(value).strip().lower()
+    if text in IMAGE_CHECKS:
+        return text
+    raise DistmtlError(f"{where}: expected one of {', '.join(IMAGE_CHECKS)} (or true/false), got {value!r}"
+                       f"{close_matches(text, IMAGE_CHECKS)}")
 
 
 @dataclass
@@ -98,12 +120,14 @@ def read_csv_source(
     name: str | None = None,
     rename: Mapping[str, str] | None = None,
     skip_bad_rows: bool = False,
-    check_images: bool = True,
+    check_images: bool | str = True,
 ) -> LoadedSource:
     """Read and validate a CSV in the generic format; returns the canonical frame.
 
     ``rename`` maps CSV column names to the names the tasks use (e.g. ``{"emotion": "expression"}``).
+    ``check_images``: ``exists`` (or true), ``decode`` or ``none`` (or false); see the module doc.
     """
+    check = image_check_mode(check_images)
     path = Path(path)
     if not path.is_file():
         raise DistmtlError(f"{path}: CSV file not found")
@@ -147,10 +171,10 @@ def read_csv_source(
     empty = np.flatnonzero((image_rel == "").to_numpy())
     flag(empty, "image", ["" for _ in empty], "empty image path")
     out["image"] = [str((base / p).resolve()) if p else "" for p in image_rel]
-    if check_images:
-        missing = np.flatnonzero(~np.fromiter((Path(p).is_file() for p in out["image"]), bool, len(out)))
-        missing = missing[~bad[missing]]
-        flag(missing, "image", image_rel.to_numpy()[missing], "image file not found")
+    if check != "none":
+        rel_values = image_rel.to_numpy()
+        for row, why in _image_problems(out["image"].to_numpy(), bad, decode=check == "decode"):
+            flag(np.array([row]), "image", [rel_values[row]], why)
 
     for task in tasks.values():
         if task.kind in ("multiclass", "identity") and task.name in frame.columns:
@@ -197,6 +221,37 @@ def read_csv_source(
     if len(out) == 0:
         raise DistmtlError(f"{path}: no valid rows left after skipping {n_bad} bad rows")
     return LoadedSource(name=name or path.stem, frame=out, skipped=n_bad, notes=notes)
+
+
+def _image_problems(images: np.ndarray, bad: np.ndarray, decode: bool) -> list[tuple[int, str]]:
+    """``(row, reason)`` for every image that is missing, empty or (with ``decode``) undecodable."""
+    problems: list[tuple[int, str]] = []
+    todo = []
+    for row, image in enumerate(images):
+        if bad[row]:
+            continue
+        try:
+            info = os.stat(image)
+        except OSError:
+            problems.append((row, "image file not found"))
+            continue
+        if not stat.S_ISREG(info.st_mode):
+            problems.append((row, "not a file"))
+        elif info.st_size == 0:
+            problems.append((row, "empty image file (0 bytes)"))
+        elif decode:
+            todo.append(row)
+    if todo:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from distmtl.data.transforms import image_problem
+
+        with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
+            for row, why in zip(todo, pool.map(image_problem, images[todo])):
+                if why is not None:
+                    problems.append((row, why))
+        problems.sort()
+    return problems
 
 
 def _binary(values: pd.Series, column: str, flag) -> pd.Series:
@@ -256,10 +311,16 @@ def encode(loaded: LoadedSource, tasks: Mapping[str, Task]) -> EncodedSource:
             if task.name in frame.columns:
                 lookup = {c: i for i, c in enumerate(task.labels)}
                 values = frame[task.name].to_numpy()
+                unseen = 0
                 for row, value in enumerate(values):
                     if pd.notna(value) and str(value) in lookup:
                         target[row] = lookup[str(value)]
                         mask[row] = True
+                    elif pd.notna(value):
+                        unseen += 1
+                if unseen:  # held-out identities: kept for verification, outside the classifier
+                    loaded.notes.append(f"source '{loaded.name}': {unseen} rows have identities outside "
+                                        f"task '{task.name}' (no classification target; used for verification)")
         else:  # multilabel / regression: one float column per label or dimension
             target = np.zeros((n, task.num_outputs), dtype=np.float32)
             mask = np.zeros((n, task.num_outputs), dtype=bool)

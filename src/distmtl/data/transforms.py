@@ -45,7 +45,11 @@ class Augmentation:
 
 
 def load_image(path: str | Path, channels: int) -> Image.Image:
-    """Decode an image file; a missing, empty, truncated or non-image file gives a one-line error."""
+    """Decode an image file; a missing, empty, truncated or non-image file gives a one-line error.
+
+    The error names the file; it stays one line also when raised in a DataLoader worker (the CLI
+    prints the worker's message as ``error: <file>: cannot decode image: <why>``).
+    """
     path = Path(path)
     try:
         with Image.open(path) as img:
@@ -53,10 +57,38 @@ def load_image(path: str | Path, channels: int) -> Image.Image:
             return img.convert("L" if channels == 1 else "RGB")
     except FileNotFoundError:
         raise DistmtlError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        size = path.stat().st_size if path.exists() else 0
-        why = "empty file (0 bytes)" if size == 0 else str(exc).splitlines()[0]
-        raise DistmtlError(f"{path}: cannot decode image: {why}") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise DistmtlError(f"{path}: cannot decode image: {_decode_problem(path, exc)}") from None
+
+
+def image_problem(path: str | Path) -> str | None:
+    """Why the image file at ``path`` cannot be used (one line), or None when it decodes.
+
+    The full decode catches truncated files too; the up-front check ``check_images: decode`` of
+    :func:`distmtl.data.csvformat.read_csv_source` uses it.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as img:
+            img.load()
+    except FileNotFoundError:
+        return "image file not found"
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        return f"cannot decode image: {_decode_problem(path, exc)}"
+    return None
+
+
+def _decode_problem(path: Path, exc: BaseException) -> str:
+    try:
+        size = path.stat().st_size
+    except OSError:
+        size = -1
+    if size == 0:
+        return "empty file (0 bytes)"
+    if isinstance(exc, UnidentifiedImageError):
+        return f"not an image file (unrecognised format, {size} bytes)"
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def array_to_image(array: np.ndarray, channels: int) -> Image.Image:
