@@ -15,8 +15,16 @@ table, ``distmtl/labels/fashion_attributes.csv`` (same layout as a relatedness C
 p(attribute | category), 0.9 / 0.1 and the like where items of a category vary). Fashion-MNIST has
 no attribute annotation: per-image attribute labels are drawn from the table as a simulated
 annotator, Bernoulli(p) then each label flipped with probability ``noise`` (default 5%). The draw
-is seeded and deterministic per (seed, split, image index), whatever ``max_per_split`` is.
+is seeded and deterministic per (seed, split, image index), whatever ``max_per_split`` or
+``subset`` is.
 :func:`relatedness` returns the table itself as the category -> attribute relatedness.
+
+Disjoint annotation (the case study of ``configs/fashion_mnist.yaml``): ``subset: [start, stop]``
+takes the images ``start <= index < stop`` of the split, and ``keep`` blanks the labels of the
+other task (``keep: category`` has no attribute columns, ``keep: attributes`` leaves the category
+unannotated), so that e.g. ``subset: [0, 1500], keep: category`` and ``subset: [1500, 11500],
+keep: attributes`` are two training sources with disjoint images and disjoint annotations, and
+``subset: [0, 11500]`` is their oracle (the same images with both labels).
 """
 
 from __future__ import annotations
@@ -47,6 +55,7 @@ SPLITS = ("train", "test")
 FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 SPLIT_STREAM = {"train": 0, "test": 1}  # keeps the attribute draws of the two splits apart
+KEEP = ("both", "category", "attributes")  # which task's labels a source keeps
 
 PUBLISHED_COUNTS: dict[tuple[str, str], int | None] = {
     **{("train", c): 6000 for c in CLASSES}, ("train", TOTAL): 60000,
@@ -166,13 +175,24 @@ def load(
     noise: float = 0.05,
     max_per_split: int | None = None,
     table: str | os.PathLike | None = None,
+    subset=None,
+    keep: str = "both",
 ) -> LoadedSource:
     """Fashion-MNIST ``split`` ("train", "test" or "all"; the first ``max_per_split`` of each).
 
     ``attributes``: add the simulated attribute labels (``seed``, ``noise``: flip probability;
-    ``table``: a CSV of the same layout instead of the built-in one).
+    ``table``: a CSV of the same layout instead of the built-in one). ``subset``: ``[start,
+    stop]``, the images ``start <= index < stop`` of the split ("train" or "test"; ``stop`` may
+    be null for the end), taken before ``max_per_split``. ``keep``: "both" (default),
+    "category" (no attribute labels) or "attributes" (category left unannotated).
     """
     check_split(NAME, split, SPLITS)
+    if keep not in KEEP:
+        raise DistmtlError(f"{NAME}: keep must be one of {', '.join(KEEP)}, not {keep!r}")
+    if keep == "attributes" and not attributes:
+        raise DistmtlError(f"{NAME}: keep: attributes needs attributes: true")
+    attributes = attributes and keep != "category"
+    window = _subset(subset, split)
     if not 0.0 <= float(noise) <= 0.5:
         raise DistmtlError(f"{NAME}: noise must be a flip probability in [0, 0.5], not {noise!r}")
     if max_per_split is not None and int(max_per_split) < 1:
@@ -183,21 +203,49 @@ def load(
         images, labels = read_split(root, part)
         values = (noisy_attributes(labels, matrix, seed=seed, split=part, noise=float(noise))
                   if attributes else None)
-        keep = len(labels) if max_per_split is None else min(len(labels), int(max_per_split))
-        frame = pd.DataFrame({"image": np.arange(offset, offset + keep),
-                              "category": [LABEL_MAP[int(k)] for k in labels[:keep]]})
+        start, stop = window if window is not None else (0, len(labels))
+        if stop is None:
+            stop = len(labels)
+        if stop > len(labels):
+            raise DistmtlError(f"{NAME}: subset [{start}, {stop}) reaches past the {len(labels)} "
+                               f"images of split '{part}'")
+        images, labels = images[start:stop], labels[start:stop]
+        values = values[start:stop] if values is not None else None
+        count = len(labels) if max_per_split is None else min(len(labels), int(max_per_split))
+        categories = [LABEL_MAP[int(k)] for k in labels[:count]]
+        if keep == "attributes":
+            categories = [None] * count
+        frame = pd.DataFrame({"image": np.arange(offset, offset + count),
+                              "category": pd.Series(categories, dtype=object)})
         if attributes:
-            frame = pd.concat([frame, pd.DataFrame(values[:keep], columns=names)], axis=1)
+            frame = pd.concat([frame, pd.DataFrame(values[:count], columns=names)], axis=1)
         frame["split"] = part
         frames.append(frame)
-        arrays.append(images[:keep])
-        offset += keep
+        arrays.append(images[:count])
+        offset += count
     frame = pd.concat(frames, ignore_index=True)
     notes = []
     if attributes:
         notes.append(f"{NAME}: attribute labels simulated from the class-attribute table "
                      f"(seed {seed}, flip probability {float(noise):g})")
     return LoadedSource(NAME, frame, images=np.concatenate(arrays), notes=notes)
+
+
+def _subset(subset, split: str) -> tuple[int, int | None] | None:
+    """``[start, stop]`` checked: non-negative integers, start < stop (stop may be None)."""
+    if subset is None:
+        return None
+    if split == "all":
+        raise DistmtlError(f"{NAME}: subset needs split 'train' or 'test', not 'all'")
+    if not isinstance(subset, (list, tuple)) or len(subset) != 2:
+        raise DistmtlError(f"{NAME}: subset must be [start, stop], not {subset!r}")
+    start, stop = subset
+    ok_start = isinstance(start, int) and not isinstance(start, bool) and start >= 0
+    ok_stop = stop is None or (isinstance(stop, int) and not isinstance(stop, bool) and stop > 0)
+    if not (ok_start and ok_stop) or (stop is not None and stop <= start):
+        raise DistmtlError(f"{NAME}: subset must be [start, stop] with 0 <= start < stop "
+                           f"(image indices of the split, stop excluded), not {subset!r}")
+    return int(start), (None if stop is None else int(stop))
 
 
 def relatedness(root: str | os.PathLike | None = None, *, table: str | os.PathLike | None = None):
