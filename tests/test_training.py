@@ -117,3 +117,15 @@ def test_training_writes_coactivation_beside_prior(trained):
     _, out, _ = trained
     assert (out / "coactivation_expression_au.png").stat().st_size > 1000
     assert (out / "coactivation_expression_au.csv").exists()
+
+
+def test_single_task_batch_matches_label_exposure_or_takes_full_batch(files):
+    from distmtl.study import single_task_batch, variant_runs
+
+    exp = build_experiment(resolve(raw_config(files)))  # batch 16, two sources, equal sampling
+    assert single_task_batch(exp, "expression") == 8 and single_task_batch(exp, "au") == 8
+    runs = variant_runs(exp, "single")
+    assert [r[1].config["data"]["batch_size"] for r in runs] == [8, 8]
+    assert exp.config["data"]["batch_size"] == 16
+    exp.config["compare"]["single_task_batch"] = "full"
+    assert single_task_batch(exp, "au") == 16

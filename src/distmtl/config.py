@@ -59,7 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "precision": "32-true", "accumulate_grad_batches": 1, "log_every_n_steps": 10,
                 "enable_progress_bar": True, "gradient_clip_val": ANY},
-    "compare": {"variants": ["single", "mtl", "coann", "dm", "coann+dm", "oracle"], "seeds": 3},
+    "compare": {"variants": ["single", "mtl", "coann", "dm", "coann+dm", "oracle"], "seeds": 3,
+                "single_task_batch": "matched"},  # matched | full: see study.single_task_batch
     "output": {"dir": ANY},
 }
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from distmtl.data.csvformat import EncodedSource
+from distmtl.data.sampler import source_weights
 from distmtl.errors import DistmtlError, close_matches
 from distmtl.evaluation import PRIMARY_METRIC
 from distmtl.experiment import Edge, Experiment, build_experiment
@@ -52,7 +53,13 @@ def variant_runs(exp: Experiment, variant: str) -> list[tuple[str, Experiment, l
         for t in exp.tasks:
             sources = [restrict(s, [t]) for s in exp.train_sources if t in s.annotated_tasks]
             evals = {k: restrict(s, [t]) for k, s in exp.eval_sources.items()}
-            runs.append((f"single/{t}", Experiment(cfg, {t: exp.tasks[t]}, sources, evals), [t]))
+            run_cfg = copy.deepcopy(cfg)
+            run_cfg["data"]["batch_size"] = single_task_batch(exp, t)
+            if isinstance(run_cfg["data"]["sampling"], list):
+                weights = run_cfg["data"]["sampling"]
+                run_cfg["data"]["sampling"] = [w for w, s in zip(weights, exp.train_sources)
+                                               if t in s.annotated_tasks]
+            runs.append((f"single/{t}", Experiment(run_cfg, {t: exp.tasks[t]}, sources, evals), [t]))
         return runs
     if variant == "oracle":
         if exp.oracle is None:
@@ -68,6 +75,26 @@ def variant_runs(exp: Experiment, variant: str) -> list[tuple[str, Experiment, l
     edges = coupled_edges(exp.edges, *flags[variant])
     return [(variant, Experiment(cfg, exp.tasks, exp.train_sources, exp.eval_sources, None, edges),
              list(exp.tasks))]
+
+
+def single_task_batch(exp: Experiment, task: str) -> int:
+    """Batch size of the single-task model of ``task`` under ``compare.single_task_batch``.
+
+    ``matched`` (default): the number of ``task``-labelled images a multi-task batch holds, so every
+    model sees the same labelled images of each task per optimiser step, and the single-task models
+    together cost what one multi-task model costs. ``full``: the whole batch, so a single-task model
+    sees more labels of its task per step than any multi-task model that shares batches between
+    sources (at budgets far from convergence this alone decides the comparison).
+    """
+    batch = int(exp.config["data"]["batch_size"])
+    mode = exp.config["compare"]["single_task_batch"]
+    if mode == "full":
+        return batch
+    if mode != "matched":
+        raise DistmtlError(f"compare.single_task_batch: unknown mode '{mode}' (matched or full)")
+    weights = source_weights([len(s) for s in exp.train_sources], exp.config["data"]["sampling"] or "equal")
+    share = sum(w for w, s in zip(weights, exp.train_sources) if task in s.annotated_tasks)
+    return max(1, int(round(batch * share)))
 
 
 def run_hash(exp: Experiment, seed: int) -> str:
