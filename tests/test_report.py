@@ -1,5 +1,7 @@
 import math
 
+import numpy as np
+
 import pandas as pd
 import pytest
 
@@ -209,3 +211,16 @@ def test_format_table_lists_every_row():
     assert lines[0].split()[:3] == ["task", "metric", "variant"]
     assert any("+co-annotation" in line and "0.7100 ± 0.0141" in line and "0.500" in line
                for line in lines)
+
+
+def test_paired_seed_comparison_counts_wins_and_differences():
+    from distmtl.report import RunRecord, summarise
+
+    records = [RunRecord("single", s, "t", "macro_f1", v) for s, v in enumerate([0.2, 0.5, 0.3])]
+    records += [RunRecord("mtl", s, "t", "macro_f1", v) for s, v in enumerate([0.3, 0.55, 0.25])]
+    row = summarise(records).set_index("variant").loc["mtl"]
+    assert row["seed_wins"] == "2/3"
+    diffs = np.array([0.1, 0.05, -0.05])
+    assert row["paired_diff"] == pytest.approx(diffs.mean())
+    assert row["paired_std"] == pytest.approx(diffs.std(ddof=1))
+    assert "better in 2/3 seeds" in row["verdict"]

@@ -44,7 +44,8 @@ RUN_COLUMNS = ("variant", "seed", "task", "metric", "value")
 
 SUMMARY_COLUMNS = (
     "task", "metric", "variant", "display_name", "mean", "std", "n_seeds",
-    "gap_closed", "negative_transfer", "beats_single", "verdict",
+    "gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
+    "verdict",
 )
 
 
@@ -82,6 +83,17 @@ def variant_order(variants: Iterable[str]) -> list[str]:
     return [v for v in VARIANTS if v in seen] + [v for v in seen if v not in VARIANTS]
 
 
+def _paired(variant: dict[int, float], single: dict[int, float], sign: float):
+    """Seeds are matched across variants (same initialisation and data order), so per-seed
+    differences from single-task are the sharper comparison: ('k/n' seeds better, mean, std)."""
+    seeds = sorted(set(variant) & set(single))
+    if not seeds:
+        return None, None, None
+    diffs = np.array([sign * (variant[s] - single[s]) for s in seeds])
+    std = float(np.std(diffs, ddof=1)) if len(diffs) > 1 else 0.0
+    return f"{int((diffs > 0).sum())}/{len(diffs)}", float(diffs.mean()), std
+
+
 def _verdict(variant: str, diff: float, spread: float, single_seed: bool) -> tuple[bool, bool, str]:
     """(negative_transfer, beats_single, text) for a signed improvement ``diff`` over single."""
     negative, beats = -diff > spread, diff > spread
@@ -114,6 +126,7 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
     rows = []
     for task, metric in groups:
         values: dict[str, list[float]] = {}
+        by_seed: dict[str, dict[int, float]] = {}
         failed: dict[str, int] = {}
         for r in records:
             if (r.task, r.metric) != (task, metric):
@@ -121,6 +134,7 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
             value = float(r.value) if r.value is not None else math.nan
             if math.isfinite(value):
                 values.setdefault(r.variant, []).append(value)
+                by_seed.setdefault(r.variant, {})[int(r.seed)] = value
             else:
                 failed[r.variant] = failed.get(r.variant, 0) + 1
                 values.setdefault(r.variant, [])
@@ -151,16 +165,22 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
             if n and single is not None and single[2] and oracle is not None and oracle[2]:
                 den = oracle[0] - single[0]
                 gap = (mean - single[0]) / den if abs(den) >= GAP_EPS else None
+            wins, paired, paired_sd = _paired(by_seed.get(variant, {}), by_seed.get("single", {}), sign)
+            if variant != "single" and wins is not None:
+                verdict += f"; better in {wins} seeds (paired diff {paired:+.4f} ± {paired_sd:.4f})"
             if failed.get(variant):
                 verdict += f"; {failed[variant]} non-finite run(s) left out"
             rows.append({
                 "task": task, "metric": metric, "variant": variant,
                 "display_name": display_name(variant), "mean": mean, "std": std, "n_seeds": n,
                 "gap_closed": gap, "negative_transfer": negative, "beats_single": beats,
+                "seed_wins": wins if variant != "single" else None,
+                "paired_diff": paired if variant != "single" else None,
+                "paired_std": paired_sd if variant != "single" else None,
                 "verdict": verdict,
             })
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in ("gap_closed", "negative_transfer", "beats_single"):
+    for column in ("gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
 
