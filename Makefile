@@ -27,6 +27,12 @@ data/synthfacs/synthfacs.json: | $(STAMP)
 demo: $(STAMP) data/synthfacs/synthfacs.json
 	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 3 --out runs/demo --quiet
 
+# Speed figures of BENCHMARKS.md, reduced (a few minutes on 2 cores).
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/synthfacs_render.py --n 1000
+	$(BIN)/python benchmarks/speed.py --batch-sizes 32 --image-sizes 64 --repeats 3
+	$(BIN)/python benchmarks/predict_speed.py --repeats 3
+
 clean:
 	rm -rf runs .pytest_cache
 

@@ -209,17 +209,22 @@ def hard_b_to_a_targets(
 # --------------------------------------------------------------------------- losses
 
 
+def _a_to_b_inputs(logits_b: Tensor, targets_a: Tensor, mask_a: Tensor, mask_b: Tensor, relatedness: Tensor):
+    """Checked inputs of an A -> B co-annotation loss; A targets of unlabelled samples zeroed."""
+    logits_b = _as_float(logits_b)
+    _check_2d("logits_b", logits_b)
+    _check_shape("relatedness", relatedness, (targets_a.shape[-1], logits_b.shape[-1]))
+    mask_a = _bool_mask("mask_a", mask_a, (logits_b.shape[0],))
+    mask_b = _bool_mask("mask_b", mask_b, logits_b.shape)
+    y = torch.where(mask_a.unsqueeze(-1), targets_a.to(logits_b.dtype), 0.0)
+    return logits_b, y, mask_a, mask_b
+
+
 def coannotation_a_to_b_soft(
     logits_b: Tensor, targets_a: Tensor, mask_a: Tensor, mask_b: Tensor, relatedness: Tensor
 ) -> Tensor:
     """Soft A -> B co-annotation loss (see the module docstring)."""
-    logits_b = _as_float(logits_b)
-    _check_2d("logits_b", logits_b)
-    batch = logits_b.shape[0]
-    _check_shape("relatedness", relatedness, (targets_a.shape[-1], logits_b.shape[-1]))
-    mask_a = _bool_mask("mask_a", mask_a, (batch,))
-    mask_b = _bool_mask("mask_b", mask_b, logits_b.shape)
-    y = torch.where(mask_a.unsqueeze(-1), targets_a.to(logits_b.dtype), 0.0)
+    logits_b, y, mask_a, mask_b = _a_to_b_inputs(logits_b, targets_a, mask_a, mask_b, relatedness)
     soft = soft_a_to_b_targets(y, relatedness).detach()
     entries = mask_a.unsqueeze(-1) & ~mask_b
     per_entry = F.binary_cross_entropy_with_logits(logits_b, soft, reduction="none")
@@ -230,13 +235,7 @@ def coannotation_a_to_b_hard(
     logits_b: Tensor, targets_a: Tensor, mask_a: Tensor, mask_b: Tensor, relatedness: Tensor
 ) -> Tensor:
     """Hard A -> B co-annotation loss: BCE on the pseudo-labelled, unannotated entries."""
-    logits_b = _as_float(logits_b)
-    _check_2d("logits_b", logits_b)
-    batch = logits_b.shape[0]
-    _check_shape("relatedness", relatedness, (targets_a.shape[-1], logits_b.shape[-1]))
-    mask_a = _bool_mask("mask_a", mask_a, (batch,))
-    mask_b = _bool_mask("mask_b", mask_b, logits_b.shape)
-    y = torch.where(mask_a.unsqueeze(-1), targets_a.to(logits_b.dtype), 0.0)
+    logits_b, y, mask_a, mask_b = _a_to_b_inputs(logits_b, targets_a, mask_a, mask_b, relatedness)
     hard, has_target = hard_a_to_b_targets(y, relatedness)
     entries = mask_a.unsqueeze(-1) & ~mask_b & has_target
     per_entry = F.binary_cross_entropy_with_logits(logits_b, hard, reduction="none")
