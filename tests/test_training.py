@@ -129,3 +129,18 @@ def test_single_task_batch_matches_label_exposure_or_takes_full_batch(files):
     assert exp.config["data"]["batch_size"] == 16
     exp.config["compare"]["single_task_batch"] = "full"
     assert single_task_batch(exp, "au") == 16
+
+
+def test_pos_weight_auto_is_negatives_over_positives_of_annotated_entries(files):
+    from distmtl.runner import resolve_pos_weights
+
+    raw = raw_config(files)
+    raw["losses"] = {"au": {"pos_weight": "auto"}}
+    exp = build_experiment(resolve(raw))
+    weights = resolve_pos_weights(exp)["losses"]["au"]["pos_weight"]
+    src = next(s for s in exp.train_sources if "au" in s.annotated_tasks)
+    t, m = src.targets["au"], src.masks["au"]
+    expected = np.clip(((1 - t) * m).sum(0) / np.maximum((t * m).sum(0), 1), 1, 10)
+    np.testing.assert_allclose(weights, expected, atol=1e-4)
+    module = module_from_experiment(exp)
+    assert torch.is_tensor(module.loss_options["au"]["pos_weight"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -37,8 +39,32 @@ def module_from_experiment(exp: Experiment) -> MultiTaskModule:
               "prior": e.relatedness.prior.tolist(), "options": e.options} for e in exp.edges]
     summary = {"sources": [{"name": s.name, "size": len(s), "annotated": s.label_counts()}
                            for s in exp.train_sources]}
-    config = {k: v for k, v in exp.config.items() if not k.startswith("_")}
+    config = resolve_pos_weights(exp)
     return MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, summary)
+
+
+def resolve_pos_weights(exp: Experiment, cap: float = 10.0) -> dict:
+    """The run's config with ``losses.<task>.pos_weight: auto`` replaced by numbers.
+
+    auto = negatives / positives per label over the annotated training entries (capped at ``cap``,
+    at least 1), so rare AUs are not learned as "always absent"; the numbers are stored with the
+    checkpoint, so evaluation and resumption use the same ones.
+    """
+    config = copy.deepcopy({k: v for k, v in exp.config.items() if not k.startswith("_")})
+    for name, options in (config.get("losses") or {}).items():
+        if not isinstance(options, dict) or options.get("pos_weight") != "auto":
+            continue
+        task = exp.tasks.get(name)
+        if task is None or task.kind != "multilabel":
+            raise DistmtlError(f"losses.{name}.pos_weight: 'auto' needs a multilabel task")
+        pos = np.zeros(task.num_outputs)
+        neg = np.zeros(task.num_outputs)
+        for s in exp.train_sources:
+            t, m = s.targets[name], s.masks[name]
+            pos += (t * m).sum(axis=0)
+            neg += ((1 - t) * m).sum(axis=0)
+        options["pos_weight"] = np.clip(neg / np.maximum(pos, 1.0), 1.0, cap).round(4).tolist()
+    return config
 
 
 def datamodule_from_experiment(exp: Experiment, train_sources=None) -> MultiSourceDataModule:
