@@ -52,3 +52,47 @@ def test_non_finite_loss_is_skipped_and_counted_when_asked(files):
     batch["image"] = torch.nan_to_num(batch["image"])
     assert torch.isfinite(module.training_step(batch, 1))
     assert module.nan_skipped == 1
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(files, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from distmtl.runner import load_checkpoint_dict
+
+    raw = raw_config(files, max_steps=24, val_every_steps=12, checkpoint_every_steps=4)
+    raw["weighting"] = {"name": "dynamic"}
+    raw["trainer"]["log_every_n_steps"] = 1
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count for both runs
+    train = [sys.executable, "-m", "distmtl.cli", "train", "--config", str(cfg), "--out"]
+    whole = subprocess.run(train + [str(tmp_path / "whole")], env=env, capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr[-1500:]
+    expected = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+
+    out = tmp_path / "killed"
+    cmd = train + [str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if last.exists() and load_checkpoint_dict(last)["global_step"] >= 8:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "training finished before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint_dict(last)  # intact: written to a temporary file, then renamed
+    assert 8 <= state["global_step"] < 24 and not (out / "metrics.json").exists()
+    resumed = subprocess.run(cmd + ["--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-1500:]
+    got = json.loads((out / "metrics.json").read_text())
+    assert got["steps"] == expected["steps"] == 24
+    assert got["val"] == expected["val"] and got["test"] == expected["test"]

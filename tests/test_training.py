@@ -144,3 +144,21 @@ def test_pos_weight_auto_is_negatives_over_positives_of_annotated_entries(files)
     np.testing.assert_allclose(weights, expected, atol=1e-4)
     module = module_from_experiment(exp)
     assert torch.is_tensor(module.loss_options["au"]["pos_weight"])
+
+
+def test_each_epoch_draws_a_new_order_under_lightning(files, tmp_path):
+    from distmtl.runner import make_trainer
+
+    exp = build_experiment(resolve(raw_config(files, max_steps=30, val_every_steps=30)), with_eval=False)
+    dm = datamodule_from_experiment(exp)
+    seen = []
+    original = dm.sampler.global_batches
+
+    def recording():
+        seen.append(dm.sampler.epoch)
+        return original()
+
+    dm.sampler.global_batches = recording
+    trainer = make_trainer(exp.config, tmp_path, progress=False)
+    trainer.fit(module_from_experiment(exp), datamodule=dm)
+    assert seen == [0, 1]  # 15 batches per epoch, 30 steps

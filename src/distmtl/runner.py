@@ -126,8 +126,10 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
     ckpt_path = str(last) if resume and last.exists() else None
     if resume and ckpt_path is None:
         log.warning("no checkpoint to resume from in %s; starting from scratch", out_dir)
-    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=False) \
-        if _fit_takes_weights_only() else trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if _fit_takes_weights_only():  # resume reads only tensors and plain data, never arbitrary pickles
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+    else:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
     if trainer.global_rank != 0:
         return {}

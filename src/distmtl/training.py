@@ -119,6 +119,19 @@ class MultiTaskModule(L.LightningModule):
     def on_train_epoch_end(self):
         self.weighting.on_train_epoch_end()
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # random streams of the main process (augmentation without workers, dropout), so a resumed
+        # run draws what the uninterrupted one would have drawn
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    "numpy": _numpy_state(), "python": _python_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("rng_states")
+        if states:
+            torch.set_rng_state(states["torch"])
+            _set_numpy_state(states["numpy"])
+            _set_python_state(states["python"])
+
     # ----- evaluation -----
     def _store(self, batch):
         outputs, _ = self.net(batch["image"])
@@ -189,6 +202,34 @@ class MultiTaskModule(L.LightningModule):
             raise DistmtlError(f"optim.schedule: unknown schedule '{o['schedule']}' (cosine or constant)")
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _numpy_state() -> dict:
+    import numpy as np
+
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"keys": torch.from_numpy(keys.astype("int64")), "pos": int(pos), "has_gauss": int(has_gauss),
+            "cached": float(cached), "name": name}
+
+
+def _set_numpy_state(state: dict) -> None:
+    import numpy as np
+
+    np.random.set_state((state["name"], state["keys"].numpy().astype("uint32"), state["pos"],
+                         state["has_gauss"], state["cached"]))
+
+
+def _python_state() -> dict:
+    import random
+
+    version, internal, gauss = random.getstate()
+    return {"version": version, "internal": list(internal), "gauss": gauss}
+
+
+def _set_python_state(state: dict) -> None:
+    import random
+
+    random.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
 
 
 def metrics_from_outputs(tasks: Mapping[str, Task], collected: Mapping[str, tuple]) -> dict[str, dict]:

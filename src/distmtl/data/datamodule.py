@@ -37,7 +37,7 @@ class MultiSourceDataModule(L.LightningDataModule):
         self.num_workers = num_workers
         self.train_set = MultiSourceDataset(
             [SourceDataset(s, train_transform(preprocessing, augmentation), preprocessing.channels)
-             for s in self.train_sources])
+             for s in self.train_sources], seed=seed)
         self.sampler = MultiSourceBatchSampler(
             self.train_set.sizes, batch_size, ratios=sampling, epoch_batches=epoch_batches, seed=seed)
 
@@ -62,7 +62,14 @@ class MultiSourceDataModule(L.LightningDataModule):
         return self.eval_dataloader("test") if "test" in self.eval_sources else []
 
     def state_dict(self) -> dict:
-        return {"sampler": self.sampler.state_dict()}
+        """The sampler's epoch and how many of its batches training has consumed (for resuming)."""
+        state = self.sampler.state_dict()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            consumed = int(trainer.global_step) * int(trainer.accumulate_grad_batches)
+            state["epoch"] = int(trainer.current_epoch)
+            state["start_batch"] = max(0, consumed - state["epoch"] * len(self.sampler)) % max(1, len(self.sampler))
+        return {"sampler": state}
 
     def load_state_dict(self, state: dict) -> None:
         if "sampler" in state:

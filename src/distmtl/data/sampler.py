@@ -80,6 +80,12 @@ class MultiSourceBatchSampler(Sampler[list[int]]):
             return self._world
         return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
+    @property
+    def sampler(self) -> MultiSourceBatchSampler:
+        # Lightning calls set_epoch on ``dataloader.batch_sampler.sampler`` at every epoch start;
+        # pointing it here makes each epoch draw a fresh order instead of replaying epoch 0
+        return self
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self.start_batch = 0
@@ -131,8 +137,11 @@ class MultiSourceBatchSampler(Sampler[list[int]]):
         batches = self.global_batches()
         start = self.start_batch
         self.start_batch = 0
+        # indices carry the epoch (index + epoch * total) so the dataset can seed each sample's
+        # augmentation by (seed, epoch, sample): reproducible across workers, prefetching and resumes
+        offset = self.epoch * int(self.offsets[-1])
         for batch in batches[start:]:
-            yield batch[rank * b: (rank + 1) * b].tolist()
+            yield (batch[rank * b: (rank + 1) * b] + offset).tolist()
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "start_batch": self.start_batch, "seed": self.seed}

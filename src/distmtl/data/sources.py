@@ -47,16 +47,22 @@ class SourceDataset(Dataset):
 class MultiSourceDataset(Dataset):
     """Several sources behind one global index: source ``s`` holds ``offsets[s] .. offsets[s+1]-1``."""
 
-    def __init__(self, datasets: Sequence[SourceDataset]):
+    def __init__(self, datasets: Sequence[SourceDataset], seed: int = 0):
         self.datasets = list(datasets)
         self.sizes = [len(d) for d in self.datasets]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.seed = int(seed)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
     def __getitem__(self, index: int) -> dict:
+        """``index`` may carry the epoch (``sample + epoch * len(self)``, as the sampler yields it):
+        the sample's random augmentation is then a function of (seed, epoch, sample) alone."""
+        epoch, index = divmod(int(index), len(self))
         s = int(np.searchsorted(self.offsets, index, side="right") - 1)
-        item = self.datasets[s][index - int(self.offsets[s])]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            item = self.datasets[s][index - int(self.offsets[s])]
         item["source"] = s
         return item
