@@ -162,3 +162,27 @@ def test_each_epoch_draws_a_new_order_under_lightning(files, tmp_path):
     trainer = make_trainer(exp.config, tmp_path, progress=False)
     trainer.fit(module_from_experiment(exp), datamodule=dm)
     assert seen == [0, 1]  # 15 batches per epoch, 30 steps
+
+
+def test_compare_resumes_an_interrupted_run_from_its_last_checkpoint(files, tmp_path, monkeypatch):
+    import distmtl.study as study
+
+    config = resolve(raw_config(files, max_steps=8, val_every_steps=8))
+    run_compare(config, tmp_path, seeds=1, variants=["mtl"], progress=False)
+    run_dir = tmp_path / "runs" / "mtl" / "seed0"
+    first = json.loads((run_dir / "metrics.json").read_text())
+    marker = json.loads((run_dir / "run.json").read_text())
+    (run_dir / "run.json").write_text(json.dumps(dict(marker, status="started")))  # as if killed
+    (run_dir / "metrics.json").unlink()
+    calls = []
+    original = study.train_experiment
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("resume"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(study, "train_experiment", spy)
+    run_compare(config, tmp_path, seeds=1, variants=["mtl"], progress=False)
+    assert calls == [True]
+    again = json.loads((run_dir / "metrics.json").read_text())
+    assert again["steps"] == 8 and again["test"] == first["test"]

@@ -12,6 +12,7 @@ import gc
 import hashlib
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +134,16 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
             log.info("[%d/%d] %s seed %d: %s", done, total, name, seed, status)
             print(f"[{done}/{total}] {name} seed {seed}: {status}", flush=True)
             if metrics is None:
-                metrics = train_experiment(run_exp, run_dir, progress=progress)
+                expected = run_hash(run_exp, seed)
+                resume = started_run(run_dir, expected)
+                if not resume and run_dir.exists():
+                    shutil.rmtree(run_dir)  # a different config's leftovers: start clean
+                atomic_write_text(run_dir / "run.json", json.dumps(
+                    {"hash": expected, "variant": variant, "seed": seed, "status": "started"}))
+                metrics = train_experiment(run_exp, run_dir, progress=progress, resume=resume)
                 gc.collect()  # release the finished run's DataLoader workers before the next one
                 atomic_write_text(run_dir / "run.json", json.dumps(
-                    {"hash": run_hash(run_exp, seed), "variant": variant, "seed": seed}))
+                    {"hash": expected, "variant": variant, "seed": seed, "status": "finished"}))
             for t in reported:
                 kind = exp.tasks[t].kind
                 value = (metrics.get("test") or metrics.get("val") or {}).get(t, {}).get(PRIMARY_METRIC[kind])
@@ -150,12 +157,22 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
     return {"records": records, "summary": summary, "table": format_table(summary), "paths": paths}
 
 
+def started_run(run_dir: Path, expected_hash: str) -> bool:
+    """A run of this exact config that was interrupted after writing a checkpoint: resume it."""
+    try:
+        marker = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return marker.get("hash") == expected_hash and (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
 def finished_run(run_dir: Path, expected_hash: str) -> dict | None:
     marker, metrics = run_dir / "run.json", run_dir / "metrics.json"
     if not (marker.exists() and metrics.exists()):
         return None
     try:
-        if json.loads(marker.read_text()).get("hash") != expected_hash:
+        state = json.loads(marker.read_text())
+        if state.get("hash") != expected_hash or state.get("status", "finished") != "finished":
             return None
         return json.loads(metrics.read_text())
     except (json.JSONDecodeError, OSError):
