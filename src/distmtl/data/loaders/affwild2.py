@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distmtl.data.loaders._expr_common import TOTAL, Malformed, absolute_root, report
+from distmtl.data.loaders._common import TOTAL, Malformed, absolute_root, report
 from distmtl.data.loaders.base import CheckReport, LoadedSource, require_file
 from distmtl.errors import DistmtlError, close_matches
 from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS, VALENCE_AROUSAL

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distmtl.data.loaders._expr_common import (
+from distmtl.data.loaders._common import (
     TOTAL,
     Malformed,
     absolute_root,

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from distmtl.data.loaders._expr_common import TOTAL, absolute_root, check_split, report
+from distmtl.data.loaders._common import TOTAL, absolute_root, check_split, report
 from distmtl.data.loaders.base import CheckReport, LoadedSource
 from distmtl.errors import DistmtlError
 

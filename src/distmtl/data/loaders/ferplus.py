@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from distmtl.data.loaders import fer2013
-from distmtl.data.loaders._expr_common import (
+from distmtl.data.loaders._common import (
     Malformed,
     absolute_root,
     check_split,
