@@ -1,4 +1,4 @@
-"""Helpers shared by the rafdb, affectnet, fer2013, ferplus, ckplus and celeba loaders.
+"""Helpers shared by the named loaders (malformed-line handling, split checks, count tables).
 
 Kept private: the loader contract itself lives in ``base.py``.
 """
