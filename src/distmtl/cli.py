@@ -6,7 +6,6 @@ import argparse
 import importlib
 import json
 import logging
-import re
 import sys
 import warnings
 from pathlib import Path
@@ -189,30 +188,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-WORKER_MARK = "Original Traceback"
-QUALIFIED = "distmtl.errors.DistmtlError: "
-
-
 def _one_line(exc: BaseException) -> str | None:
-    """The user-facing message of a DistmtlError, also when a DataLoader worker re-raised it.
+    """The user-facing message of a DistmtlError found in the exception or its cause chain.
 
-    A worker's error reaches the main process as ``DistmtlError("Caught DistmtlError in DataLoader
-    worker process 0. Original Traceback ... distmtl.errors.DistmtlError: <message>")``: only the
-    message after the last qualified exception name is kept. Errors wrapped by another exception
-    (``raise X from err``) are found through the cause chain.
+    A DataLoader worker's error is re-raised as a new DistmtlError whose constructor already keeps
+    only the original message (see distmtl.errors).
     """
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
         if isinstance(exc, DistmtlError):
-            text = " ".join(str(exc).splitlines())
-            if WORKER_MARK in text:
-                if QUALIFIED in text:
-                    return text.rsplit(QUALIFIED, 1)[1].strip()
-                match = re.search(r"DistmtlError: (.*)$", text)
-                if match:
-                    return match.group(1).strip()
-            return text
+            return " ".join(str(exc).splitlines())
         exc = exc.__cause__ or exc.__context__
     return None
 

@@ -7,6 +7,7 @@ them as ``error: <message>`` and exits with status 2 instead of showing a traceb
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -15,10 +16,14 @@ class DistmtlError(ValueError):
 
     def __init__(self, message: str):
         text = " ".join(str(message).split("\n"))
-        # re-raised by a DataLoader worker: keep the original message, not the wrapped traceback
-        marker = "distmtl.errors.DistmtlError: "
-        if "Original Traceback" in text and marker in text:
-            text = text.rsplit(marker, 1)[1].strip()
+        # re-raised by a DataLoader worker ("Caught DistmtlError in DataLoader worker process 0.
+        # Original Traceback ... distmtl.errors.DistmtlError: <message>"): keep only the message
+        if "Original Traceback" in text:
+            marker = "distmtl.errors.DistmtlError: "
+            if marker in text:
+                text = text.rsplit(marker, 1)[1].strip()
+            elif (match := re.search(r"DistmtlError: (.*)$", text)) is not None:
+                text = match.group(1).strip()
         super().__init__(text)
 
 

@@ -50,16 +50,11 @@ def check_columns_match(data: str | Path, checkpoint: str | Path, tasks: dict) -
 
 @torch.no_grad()
 def collect_outputs(module, loader: DataLoader) -> dict[str, tuple]:
+    """Run ``module`` over ``loader``: per task, (outputs, targets, masks) concatenated."""
     module.eval()
-    store: dict[str, list] = {}
     for batch in loader:
-        outputs, _ = module.net(batch["image"])
-        for t in module.tasks:
-            parts = store.setdefault(t, [[], [], []])
-            parts[0].append(outputs[t].float())
-            parts[1].append(batch["targets"][t])
-            parts[2].append(batch["masks"][t])
-    return {t: tuple(torch.cat(x) for x in parts) for t, parts in store.items()}
+        module.store_outputs(batch)
+    return module.collected()
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, *, batch_size: int = 256,

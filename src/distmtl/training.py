@@ -133,7 +133,8 @@ class MultiTaskModule(L.LightningModule):
             _set_python_state(states["python"])
 
     # ----- evaluation -----
-    def _store(self, batch):
+    def store_outputs(self, batch) -> None:
+        """Keep one evaluation batch's outputs, targets and masks (on the CPU) for ``collected``."""
         outputs, _ = self.net(batch["image"])
         for t in self.tasks:
             store = self._eval_store.setdefault(t, [[], [], []])
@@ -147,10 +148,10 @@ class MultiTaskModule(L.LightningModule):
         return out
 
     def validation_step(self, batch, batch_idx):
-        self._store(batch)
+        self.store_outputs(batch)
 
     def test_step(self, batch, batch_idx):
-        self._store(batch)
+        self.store_outputs(batch)
 
     def _log_eval(self, prefix: str):
         collected = self.collected()
