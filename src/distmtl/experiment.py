@@ -60,7 +60,7 @@ def build_tasks(config: dict) -> dict[str, Task]:
     return tasks
 
 
-def source_label(spec: Any, where: str) -> str:
+def source_label(spec: Any) -> str:
     if isinstance(spec, str):
         return Path(spec).stem
     return spec.get("name") or (Path(spec["csv"]).stem if "csv" in spec else spec["loader"])
@@ -72,7 +72,7 @@ def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
         spec = {"csv": spec}
     skip = spec.get("skip_bad_rows", config["data"]["skip_bad_rows"])
     check = spec.get("check_images", config["data"].get("check_images", True))
-    name = source_label(spec, where)
+    name = source_label(spec)
     if "csv" in spec:
         loaded = read_csv_source(spec["csv"], tasks, name=name, rename=spec.get("rename"),
                                  skip_bad_rows=skip, check_images=check)
