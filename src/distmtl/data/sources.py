@@ -13,7 +13,12 @@ from distmtl.data.transforms import array_to_image, load_image
 
 
 class SourceDataset(Dataset):
-    """One source: item ``i`` is ``{"image", "targets", "masks", "index"}`` in the batch layout."""
+    """One source: item ``i`` is ``{"image", "targets", "masks", "groups"}`` in the batch layout.
+
+    ``groups`` maps each identity task to the sample's identity group id in this source (-1:
+    missing); it is empty without identity tasks. Every item of a source has the same keys, and
+    every source of one experiment the same tasks, so default collation works across sources.
+    """
 
     def __init__(self, source: EncodedSource, transform: Callable, channels: int):
         self.source = source
@@ -21,6 +26,8 @@ class SourceDataset(Dataset):
         self.channels = channels
         self._targets = {t: torch.from_numpy(v) for t, v in source.targets.items()}
         self._masks = {t: torch.from_numpy(v) for t, v in source.masks.items()}
+        # a source restricted to some tasks (dataclasses.replace of targets/masks) keeps all groups
+        self._groups = {t: torch.from_numpy(v) for t, v in source.groups.items() if t in source.targets}
 
     def __len__(self) -> int:
         return len(self.source)
@@ -41,6 +48,7 @@ class SourceDataset(Dataset):
             "image": self.transform(self.decode(i)),
             "targets": {t: v[i] for t, v in self._targets.items()},
             "masks": {t: v[i] for t, v in self._masks.items()},
+            "groups": {t: v[i] for t, v in self._groups.items()},
         }
 
 
@@ -62,7 +70,9 @@ class MultiSourceDataset(Dataset):
         epoch, index = divmod(int(index), len(self))
         s = int(np.searchsorted(self.offsets, index, side="right") - 1)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
+            # the CPU generator alone: torch.manual_seed would also queue a CUDA reseed, which on a
+            # CUDA build without an initialised GPU records a stack trace per call (2 ms a sample)
+            torch.default_generator.manual_seed(hash((self.seed, epoch, index)) & 0x7FFF_FFFF_FFFF_FFFF)
             item = self.datasets[s][index - int(self.offsets[s])]
         item["source"] = s
         return item
