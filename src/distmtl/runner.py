@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from distmtl.config import dump_config
+from distmtl.curves import write_training_curves
 from distmtl.data.datamodule import MultiSourceDataModule
 from distmtl.errors import DistmtlError
 from distmtl.experiment import Experiment, build_experiment
@@ -133,6 +134,9 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
     trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
     if trainer.global_rank != 0:
         return {}
+    for logger in trainer.loggers:
+        logger.save()  # the CSV log is buffered: flush it before drawing the curves
+    write_training_curves(out_dir)
     best = out_dir / "checkpoints" / "best.ckpt"
     best_module = load_module(best if best.exists() else last)
     results: dict[str, Any] = {"checkpoint": str(best if best.exists() else last),

@@ -1,0 +1,143 @@
+"""Running many ``distmtl compare`` studies side by side and collating their run records.
+
+A study is one config plus overrides and a list of variants. Each (study, seed) is one
+``distmtl compare --seeds 1`` subprocess writing to ``<out>/<study>/seed<k>``; several run at
+once (``jobs``), each on one intra-op thread. Finished runs are recognised by compare's run hash,
+so an interrupted benchmark re-run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import pandas as pd
+
+from distmtl.report import RunRecord, read_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Study:
+    name: str
+    config: str
+    variants: list[str]
+    overrides: list[str] = field(default_factory=list)
+    label: str | None = None  # how the study appears in a group table (default: its name)
+
+
+def job_dir(out: Path, study: Study, seed: int) -> Path:
+    return out / study.name / f"seed{seed}"
+
+
+def compare_command(study: Study, out: Path, seed: int, extra: list[str]) -> list[str]:
+    return [sys.executable, "-m", "distmtl.cli", "compare", "--config", study.config, "--seeds", "1",
+            "--out", str(job_dir(out, study, seed)), "--quiet", f"seed={seed}", *study.overrides, *extra,
+            "--variants", *study.variants]  # last: --variants takes every word after it
+
+
+def run_jobs(studies: list[Study], out: Path, seeds: list[int], jobs: int, extra: list[str]) -> list[str]:
+    """Run every (study, seed); returns one line per failed job (its log's last line)."""
+    plan = [(s, seed) for s in studies for seed in seeds]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", "1")
+    failures: list[str] = []
+    started = time.perf_counter()
+    done = 0
+
+    def one(item):
+        study, seed = item
+        target = job_dir(out, study, seed)
+        target.mkdir(parents=True, exist_ok=True)
+        log = target.with_suffix(".log")
+        t0 = time.perf_counter()
+        with open(log, "w") as handle:
+            rc = subprocess.call(compare_command(study, out, seed, extra), stdout=handle,
+                                 stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        return study, seed, rc, time.perf_counter() - t0, log
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in as_completed([pool.submit(one, item) for item in plan]):
+            study, seed, rc, seconds, log = future.result()
+            done += 1
+            status = "ok" if rc == 0 else f"FAILED (exit {rc}, see {log})"
+            print(f"[{done}/{len(plan)}] {study.name} seed {seed}: {status} in {seconds:.0f} s "
+                  f"({time.perf_counter() - started:.0f} s elapsed)", flush=True)
+            if rc != 0:
+                lines = log.read_text(errors="replace").strip().splitlines()
+                failures.append(f"{study.name} seed {seed}: {lines[-1] if lines else 'no output'}")
+    return failures
+
+
+def study_records(out: Path, study: Study, rename: dict[str, str] | None = None) -> list[RunRecord]:
+    """The study's run records over all its seed folders; variants renamed by ``rename``."""
+    records = []
+    for runs_csv in sorted((out / study.name).glob("seed*/runs.csv")):
+        for r in read_runs(runs_csv):
+            variant = (rename or {}).get(r.variant, r.variant)
+            records.append(RunRecord(variant, r.seed, r.task, r.metric, r.value))
+    return records
+
+
+def _verdict(row: pd.Series) -> str:
+    if row["variant"] in ("single", "oracle") or row["n_seeds"] == 0:
+        return ""
+    text = ("**negative transfer**" if row["negative_transfer"] is True else
+            "better" if row["beats_single"] is True else "within spread")
+    if isinstance(row.get("seed_wins"), str):
+        text += f" ({row['seed_wins']} seeds up)"
+    return text
+
+
+def _fmt(value, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_markdown(summary: pd.DataFrame) -> str:
+    """Variants as rows; per task: mean ± std, gap closed, verdict against single-task."""
+    tasks = list(dict.fromkeys(zip(summary["task"], summary["metric"])))
+    head = ["variant"]
+    for task, metric in tasks:
+        head += [f"{task} {metric}", "gap closed", "vs single-task"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant in dict.fromkeys(summary["variant"]):
+        rows = summary[summary["variant"] == variant]
+        cells = [str(rows["display_name"].iloc[0])]
+        for task, metric in tasks:
+            row = rows[(rows["task"] == task) & (rows["metric"] == metric)]
+            if row.empty:
+                cells += ["", "", ""]
+                continue
+            r = row.iloc[0]
+            cells += [f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", _fmt(r["gap_closed"], 2), _verdict(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def machine_line(extra: list[str]) -> str:
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = "CPU"
+    if any(x.startswith("trainer.accelerator=") and not x.endswith("=cpu") for x in extra):
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "accelerator (unavailable)"
+    return (f"machine: {os.cpu_count()} cores, {cpu}; training on {device}; torch {torch.__version__}; "
+            f"date {date.today().isoformat()}")
