@@ -111,7 +111,9 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     for task, metric in tasks:
         head += [f"{task} {metric}", "gap closed", "vs single-task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for variant in dict.fromkeys(summary["variant"]):
+    variants = list(dict.fromkeys(summary["variant"]))
+    variants = [v for v in variants if v != "oracle"] + [v for v in variants if v == "oracle"]
+    for variant in variants:
         rows = summary[summary["variant"] == variant]
         cells = [str(rows["display_name"].iloc[0])]
         for task, metric in tasks:

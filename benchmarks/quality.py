@@ -143,10 +143,8 @@ def plan(parts: list[str], paths: dict[str, str], quick: bool) -> dict[str, list
 
 def group_records(out: Path, studies: list[Study], reference: Study, reference_label: str) -> list:
     """Single-task, the reference (+both of regime a) and oracle, with each study as a variant."""
-    base = study_records(out, reference)
-    records = [r for r in base if r.variant == "single"]
-    records += study_records(out, reference, {"coann+dm": reference_label})
-    records = [r for r in records if r.variant in ("single", reference_label)]
+    base = study_records(out, reference, {"coann+dm": reference_label})
+    records = [r for r in base if r.variant in ("single", reference_label)]
     for s in studies:
         records += study_records(out, s, {"coann+dm": s.label or s.name})
     return records + [r for r in base if r.variant == "oracle"]
@@ -209,7 +207,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     p.add_argument("--report-only", action="store_true", help="collate finished runs, train nothing")
     args = p.parse_args(argv)
-    command = "python benchmarks/quality.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    command = "python benchmarks/quality.py " + " ".join(
+        shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--report-only")
     data, out = (REPO / args.data).resolve(), (REPO / args.out).resolve()
     parts = ["regimes"] if args.quick else args.parts
     seeds = [0] if args.quick else list(range(args.seeds))
