@@ -37,7 +37,7 @@ def test_primary_metric_per_kind():
     assert primary_metric(expression_task()) == "macro_f1"
     assert primary_metric(au_task()) == "mean_f1"
     assert primary_metric(va_task()) == "mean_ccc"
-    assert primary_metric(Task("id", "identity", ("a", "b"))) == "accuracy"
+    assert primary_metric(Task("id", "identity", ("a", "b"))) == "verification_accuracy"
     assert set(PRIMARY_METRIC) == {"multiclass", "multilabel", "regression", "identity"}
 
 

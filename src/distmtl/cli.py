@@ -59,8 +59,12 @@ def cmd_evaluate(args) -> int:
     from distmtl.evaluation import format_metrics_table
 
     metrics, tasks = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
-                                         num_workers=args.num_workers)
+                                         num_workers=args.num_workers, n_pairs=args.n_pairs,
+                                         pairs_seed=args.pairs_seed, pairs=args.pairs,
+                                         save_pairs=args.save_pairs)
     print(format_metrics_table(metrics, tasks))
+    if args.save_pairs:
+        print(f"verification pairs written to {args.save_pairs}")
     if args.out:
         from distmtl.io import atomic_write_text
 
@@ -148,6 +152,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the metrics as JSON here")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument("--n-pairs", type=int, default=3000,
+                   help="identity task: verification pairs to draw from the CSV's identities (half same)")
+    p.add_argument("--pairs-seed", type=int, default=0, help="identity task: seed of the drawn pairs")
+    pairs = p.add_mutually_exclusive_group()
+    pairs.add_argument("--pairs", help="identity task: score the pairs of this LFW-format pairs.txt instead")
+    pairs.add_argument("--save-pairs", help="identity task: write the drawn pairs here (LFW format)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="single-task vs multi-task vs coupled variants, over seeds")

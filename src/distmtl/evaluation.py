@@ -20,8 +20,15 @@ Conventions (kept identical to scikit-learn's on the same data, and checked agai
   ``2 cov / (var_x + var_y + (mean_x - mean_y)^2)``. torchmetrics' ``concordance_corrcoef``
   mixes sample variances with the squared mean difference, so it is not used. A dimension with
   fewer than two annotated values has CCC ``None``.
-- Identity: closed-set accuracy over samples whose identity is one of the training identities
-  (target in ``[0, K)``); other annotated samples are left out.
+- Identity: closed-set ``accuracy`` over samples whose identity is one of the training identities
+  (target in ``[0, K)``); other samples are left out (``None`` when there are none). Face
+  verification, computed by :func:`distmtl.training.metrics_from_outputs` from the L2-normalised
+  shared features and the per-source identity groups (held-out people included), is reported
+  beside it: ``verification_accuracy`` (the primary metric; LFW protocol: balanced same/different
+  pairs drawn by :func:`distmtl.verification.verification_pairs`, 10 folds, cosine threshold
+  chosen on the other 9), ``verification_accuracy_std``, ``verification_roc_auc``,
+  ``verification_tar_at_far_1e-3``, ``verification_threshold`` and ``verification_pairs`` (the
+  number of pairs). See :mod:`distmtl.verification`.
 """
 
 from __future__ import annotations
@@ -29,13 +36,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_roc,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_recall,
@@ -43,12 +46,13 @@ from torchmetrics.functional.classification import (
 
 from distmtl.errors import DistmtlError
 from distmtl.tasks import Task
+from distmtl.verification import verification_metrics  # noqa: F401  (part of this module's API)
 
 PRIMARY_METRIC = {
     "multiclass": "macro_f1",
     "multilabel": "mean_f1",
     "regression": "mean_ccc",
-    "identity": "accuracy",
+    "identity": "verification_accuracy",
 }
 
 DEFAULT_THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
@@ -263,70 +267,6 @@ def calibrate_thresholds(
         f1 = _f1(*_binary_counts(pred, t[:, None]))
         best = torch.isclose(f1, f1.max(), rtol=0.0, atol=1e-12)
         out[j] = float(grid_t[best][closeness[best].argmin()])
-    return out
-
-
-def _best_threshold(scores: np.ndarray, same: np.ndarray) -> float:
-    """Threshold maximising pair accuracy (``same`` predicted when score >= threshold)."""
-    values = np.unique(scores)
-    midpoints = (values[1:] + values[:-1]) / 2
-    candidates = np.concatenate(([values[0] - 1.0], midpoints, [values[-1] + 1.0]))
-    pos, neg = np.sort(scores[same]), np.sort(scores[~same])
-    correct = (len(pos) - np.searchsorted(pos, candidates, "left")) + np.searchsorted(
-        neg, candidates, "left"
-    )
-    return float(candidates[int(np.argmax(correct))])
-
-
-def verification_metrics(
-    embeddings_a: Tensor,
-    embeddings_b: Tensor,
-    same: Sequence[bool] | np.ndarray | Tensor,
-    n_folds: int = 10,
-    seed: int | None = 0,
-    far: float = 1e-3,
-) -> dict[str, Any]:
-    """Face-verification metrics on pairs, scored by cosine similarity.
-
-    ``accuracy`` follows the LFW protocol: the pairs are split into ``n_folds`` folds (after a
-    permutation drawn from ``seed``; ``seed=None`` keeps the given order, as for LFW's own
-    fold-ordered pair list), a threshold is chosen on the other folds and the accuracy measured on
-    the held-out fold; mean and sample std (ddof=1) over folds. ``tar_at_far_1e-3`` is the
-    highest true-accept rate at a false-accept rate of at most ``far``.
-    """
-    a = embeddings_a.detach().double().cpu()
-    b = embeddings_b.detach().double().cpu()
-    labels = torch.as_tensor(np.asarray(same, dtype=bool)).flatten()
-    if a.ndim != 2 or a.shape != b.shape or a.shape[0] != labels.numel():
-        raise DistmtlError(
-            f"verification_metrics: embeddings {tuple(a.shape)} and {tuple(b.shape)} with "
-            f"{labels.numel()} pair labels do not match"
-        )
-    n = labels.numel()
-    if n < n_folds:
-        raise DistmtlError(f"verification_metrics: {n} pairs is fewer than {n_folds} folds")
-    scores = F.cosine_similarity(a, b, dim=1, eps=1e-12)
-    both = bool(labels.any()) and bool((~labels).any())
-    out: dict[str, Any] = {"n_pairs": n, "n_same": int(labels.sum())}
-    out["roc_auc"] = float(binary_auroc(scores, labels.long())) if both else None
-    tar_key = f"tar_at_far_{far:.0e}".replace("e-0", "e-")  # far=1e-3 -> "tar_at_far_1e-3"
-    out[tar_key] = None
-    if both:
-        fpr, tpr, _ = binary_roc(scores, labels.long())
-        out[tar_key] = float(tpr[fpr <= far].max())
-
-    s, y = scores.numpy(), labels.numpy()
-    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
-    folds = np.array_split(order, n_folds)
-    accuracies, thresholds = [], []
-    for i, test in enumerate(folds):
-        train = np.concatenate([f for j, f in enumerate(folds) if j != i])
-        threshold = _best_threshold(s[train], y[train])
-        accuracies.append(float(((s[test] >= threshold) == y[test]).mean()))
-        thresholds.append(threshold)
-    out["accuracy"] = float(np.mean(accuracies))
-    out["accuracy_std"] = float(np.std(accuracies, ddof=1)) if n_folds > 1 else 0.0
-    out["threshold"] = float(np.mean(thresholds))
     return out
 
 

@@ -9,12 +9,15 @@ from typing import Any
 
 import numpy as np
 
-from distmtl.data.csvformat import EncodedSource, cache_images, encode, read_csv_source
+from distmtl.data.csvformat import EncodedSource, cache_images, encode, identity_values, read_csv_source
+from distmtl.data.loaders.base import LoadedSource
 from distmtl.data.transforms import Augmentation, Preprocessing
 from distmtl.errors import DistmtlError, close_matches
-from distmtl.tasks import Task
+from distmtl.tasks import Task, labels_from_data
 
 log = logging.getLogger(__name__)
+
+PENDING = "<identities from the training data>"
 
 
 @dataclass
@@ -51,13 +54,31 @@ def preprocessing_from_config(config: dict) -> Preprocessing:
                          mean=tuple(data["mean"]), std=tuple(data["std"]))
 
 
-def build_tasks(config: dict) -> dict[str, Task]:
+def build_tasks(config: dict, training: list[LoadedSource] | None = None) -> dict[str, Task]:
+    """The config's tasks. An identity task without labels (or with ``labels: from_data``) takes
+    the sorted distinct identities of the ``training`` sources (as read, before encoding); without
+    them it holds a placeholder class, enough to read the sources with."""
     tasks = {}
     for name, spec in config["tasks"].items():
         if not isinstance(spec, dict):
             raise DistmtlError(f"tasks.{name}: expected a mapping with kind and labels")
+        if labels_from_data(spec):
+            labels = [PENDING] if training is None else identities_in(name, training)
+            spec = {**spec, "labels": labels}
         tasks[name] = Task.from_dict(name, spec)
     return tasks
+
+
+def identities_in(task: str, training: list[LoadedSource]) -> list[str]:
+    found: set[str] = set()
+    for loaded in training:
+        if task in loaded.frame.columns:
+            found.update(v for v in identity_values(loaded.frame[task]) if v is not None)
+    if not found:
+        raise DistmtlError(f"tasks.{task}.labels: taken from the data (from_data), but no training source "
+                           f"has an identity in a '{task}' column (sources: "
+                           f"{', '.join(loaded.name for loaded in training)})")
+    return sorted(found)
 
 
 def source_label(spec: Any) -> str:
@@ -68,6 +89,15 @@ def source_label(spec: Any) -> str:
 
 def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> EncodedSource:
     """Read one source (generic CSV or named loader) and encode it for ``tasks``."""
+    return encode_source(read_source(spec, tasks, config, where), tasks, config, where, from_csv=_is_csv(spec))
+
+
+def _is_csv(spec: Any) -> bool:
+    return isinstance(spec, str) or "csv" in spec
+
+
+def read_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> LoadedSource:
+    """Read one source (generic CSV or named loader) into its canonical frame."""
     if isinstance(spec, str):
         spec = {"csv": spec}
     skip = spec.get("skip_bad_rows", config["data"]["skip_bad_rows"])
@@ -87,13 +117,18 @@ def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
         loaded.name = name
         if spec.get("rename"):
             loaded.frame = loaded.frame.rename(columns=dict(spec["rename"]))
+    return loaded
+
+
+def encode_source(loaded: LoadedSource, tasks: dict[str, Task], config: dict, where: str, *,
+                  from_csv: bool) -> EncodedSource:
     encoded = encode(loaded, tasks)
     if config["data"]["cache_images"]:
         encoded = cache_images(encoded, config["data"]["image_size"], config["data"]["channels"])
-    if not encoded.annotated_tasks:
-        raise DistmtlError(f"{where} ('{name}'): annotates none of the configured tasks "
+    if not encoded.annotated_tasks and not any((g >= 0).any() for g in encoded.groups.values()):
+        raise DistmtlError(f"{where} ('{loaded.name}'): annotates none of the configured tasks "
                            f"({', '.join(tasks)})")
-    if "csv" not in spec:  # the CSV reader logs its own notes (skipped rows) as it reads
+    if not from_csv:  # the CSV reader logs its own notes (skipped rows) as it reads
         for note in encoded.notes:
             log.warning(note)
     return encoded
@@ -101,10 +136,16 @@ def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
 
 def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
                      with_eval: bool = True, with_oracle: bool = False) -> Experiment:
-    tasks = tasks or build_tasks(config)
     check_model_and_weighting(config)
     data = config["data"]
-    train = [load_source(s, tasks, config, f"data.sources[{i}]") for i, s in enumerate(data["sources"])]
+    wheres = [f"data.sources[{i}]" for i in range(len(data["sources"]))]
+    # the training sources are read once: identity classes from the data come from them
+    reading = tasks if tasks is not None else build_tasks(config)
+    loaded = [read_source(s, reading, config, w) for s, w in zip(data["sources"], wheres)]
+    if tasks is None:
+        tasks = build_tasks(config, loaded)
+    train = [encode_source(x, tasks, config, w, from_csv=_is_csv(s))
+             for x, s, w in zip(loaded, data["sources"], wheres)]
     annotated = {t for s in train for t in s.annotated_tasks}
     for name in tasks:
         if name not in annotated:
@@ -118,8 +159,22 @@ def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
     oracle = None
     if with_oracle and data["oracle"] is not None:
         oracle = load_source(data["oracle"], tasks, config, "data.oracle")
+    check_verification_pairs(eval_sources)
     edges = build_edges(config, tasks, train + list(eval_sources.values()))
     return Experiment(config, tasks, train, eval_sources, oracle, edges)
+
+
+def check_verification_pairs(eval_sources: dict[str, EncodedSource]) -> None:
+    """An evaluation split with identities must allow verification pairs: fail before training."""
+    from distmtl.verification import verification_pairs
+
+    for split, source in eval_sources.items():
+        for task, groups in source.groups.items():
+            if (groups >= 0).any():
+                try:
+                    verification_pairs(groups)
+                except DistmtlError as exc:
+                    raise DistmtlError(f"data.{split} ('{source.name}'), task '{task}': {exc}") from None
 
 
 def check_model_and_weighting(config: dict) -> None:
@@ -145,18 +200,24 @@ def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSourc
         where = f"relatedness[{i}]"
         pair = spec["tasks"]
         if not isinstance(pair, list) or len(pair) != 2:
-            raise DistmtlError(f"{where}.tasks: expected [multiclass_task, multilabel_task], got {pair!r}")
+            raise DistmtlError(f"{where}.tasks: expected [multiclass_or_identity_task, multilabel_task], "
+                               f"got {pair!r}")
         for name in pair:
             if name not in tasks:
                 raise DistmtlError(f"{where}.tasks: unknown task '{name}'{close_matches(name, tasks)}")
         a, b = tasks[pair[0]], tasks[pair[1]]
-        if a.kind != "multiclass" or b.kind != "multilabel":
-            raise DistmtlError(f"{where}.tasks: expected a multiclass then a multilabel task, got "
-                               f"'{a.name}' ({a.kind}) and '{b.name}' ({b.kind})")
+        if a.kind not in ("multiclass", "identity") or b.kind != "multilabel":
+            raise DistmtlError(f"{where}.tasks: expected a multiclass (or identity) then a multilabel task, "
+                               f"got '{a.name}' ({a.kind}) and '{b.name}' ({b.kind})")
         table = spec["table"]
         if table is None:
             raise DistmtlError(f"{where}.table: missing (a built-in name, a CSV path, "
                                f"{{estimate: source}} or {{loader: name, root: folder}})")
+        if a.kind == "identity" and not _per_identity_table(table):
+            # built-in and dataset tables are over expression or species classes, never people
+            raise DistmtlError(f"{where}.table: '{a.name}' is an identity task: expected "
+                               f"{{estimate: <source name>}} or a CSV whose classes are its identities, "
+                               f"got {table!r}")
         if isinstance(table, dict) and "loader" in table:
             # The table a dataset ships (CUB-200's class-attribute matrix, Fashion-MNIST's
             # class-attribute table): the loader module's relatedness(root, **options).
@@ -207,6 +268,13 @@ def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSourc
     return edges
 
 
+def _per_identity_table(table: Any) -> bool:
+    if isinstance(table, dict):
+        return "estimate" in table and "loader" not in table
+    text = str(table)
+    return Path(text).is_file() or text.lower().endswith(".csv")
+
+
 def estimate_from_source(name: str, a: Task, b: Task, sources: list[EncodedSource], where: str,
                          alpha: float = 1.0):
     from distmtl.relatedness import Relatedness
@@ -216,7 +284,9 @@ def estimate_from_source(name: str, a: Task, b: Task, sources: list[EncodedSourc
         raise DistmtlError(f"{where}.table.estimate: unknown source '{name}'{close_matches(name, by_name)}")
     src = by_name[name]
     has_class = src.masks[a.name]
-    class_index = np.where(has_class, src.targets[a.name].argmax(axis=1), -1)
+    # multiclass targets are class-probability rows, identity targets class indices
+    classes = src.targets[a.name] if a.kind == "identity" else src.targets[a.name].argmax(axis=1)
+    class_index = np.where(has_class, classes, -1)
     both = has_class & src.masks[b.name].any(axis=1)
     if not both.any():
         raise DistmtlError(f"{where}.table.estimate: source '{name}' has no sample annotated for both "

@@ -47,6 +47,14 @@ class ArcMarginHead(nn.Module):
         return self.scale * torch.where(one_hot, torch.cos(theta + self.margin), cosine)
 
 
+def identity_head(task: Task, in_features: int) -> nn.Module:
+    """``options.head``: ``arcface`` (default; margin 0 is a normalised softmax) or ``softmax``."""
+    if task.options.get("head", "arcface") == "softmax":
+        return nn.Linear(in_features, task.num_outputs)
+    return ArcMarginHead(in_features, task.num_outputs, scale=float(task.options.get("scale", 30.0)),
+                         margin=float(task.options.get("margin", 0.0)))
+
+
 def make_head(kind: str, in_features: int, out_features: int, hidden: int, drop: float) -> nn.Module:
     if kind == "linear":
         return nn.Sequential(nn.Dropout(drop), nn.Linear(in_features, out_features))
@@ -67,9 +75,7 @@ class MultiTaskNet(nn.Module):
         heads = {}
         for name, task in self.tasks.items():
             if task.kind == "identity":
-                heads[name] = ArcMarginHead(self.num_features, task.num_outputs,
-                                            scale=float(task.options.get("scale", 30.0)),
-                                            margin=float(task.options.get("margin", 0.0)))
+                heads[name] = identity_head(task, self.num_features)
             else:
                 heads[name] = make_head(head, self.num_features, task.num_outputs, hidden, drop_rate)
         self.heads = nn.ModuleDict(heads)

@@ -84,12 +84,14 @@ def count_cooccurrence(
             f"{ESTIMATE}: label_values of sample {i}, label '{labels[j]}' is {float(values[i, j])!r};"
             " annotated labels must be 0 or 1"
         )
-    one_hot = np.zeros((n, num_classes))
-    one_hot[np.flatnonzero(used), index[used]] = 1.0
-    annotated_mask = mask.astype(np.float64)
-    positives = one_hot.T @ (np.where(mask, values, 0.0))
-    annotated = one_hot.T @ annotated_mask
-    class_counts = one_hot[mask.any(axis=1)].sum(axis=0)
+    # per-class sums without an [N, K] one-hot matrix (K can be thousands of identities)
+    rows = np.flatnonzero(used)
+    positives = np.zeros((num_classes, num_labels))
+    annotated = np.zeros((num_classes, num_labels))
+    np.add.at(positives, index[rows], np.where(mask, values, 0.0)[rows])
+    np.add.at(annotated, index[rows], mask[rows].astype(np.float64))
+    labelled = rows[mask[rows].any(axis=1)]
+    class_counts = np.bincount(index[labelled], minlength=num_classes).astype(np.float64)
     if class_counts.sum() == 0:
         raise DistmtlError(f"{ESTIMATE}: no sample has both a class and an annotated label")
     return positives, annotated, class_counts

@@ -9,6 +9,10 @@ Batch layout (what every data source yields and every loss consumes), per task `
 - identity: ``targets[t]`` long ``[B]`` identity index, ``masks[t]`` bool ``[B]``.
 
 A missing label is masked; its target value is a placeholder (0) that no loss reads.
+
+An identity task's labels may come from the data: ``labels: from_data`` (or no labels) in a
+config means the sorted distinct identities of the training sources
+(:func:`distmtl.experiment.build_experiment` resolves them before anything is encoded).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ AUS_17 = (
     "AU14", "AU15", "AU17", "AU20", "AU23", "AU24", "AU25", "AU26",
 )
 VALENCE_AROUSAL = ("valence", "arousal")
+FROM_DATA = "from_data"
+IDENTITY_HEADS = ("arcface", "softmax")
 
 
 @dataclass(frozen=True)
@@ -65,6 +71,12 @@ class Task:
             if not low < high:
                 raise DistmtlError(f"task '{self.name}': range [{low}, {high}] is empty")
             object.__setattr__(self, "value_range", (float(low), float(high)))
+        if self.kind == "identity":
+            head = self.options.get("head", "arcface")
+            if head not in IDENTITY_HEADS:
+                raise DistmtlError(f"tasks.{self.name}.options.head: unknown identity head '{head}'"
+                                   f"{close_matches(str(head), IDENTITY_HEADS)}; expected arcface "
+                                   f"(cosine logits, margin options.margin) or softmax (a linear layer)")
 
     @property
     def num_outputs(self) -> int:
@@ -92,6 +104,12 @@ class Task:
             raise DistmtlError(f"tasks.{name}.kind: missing (one of {', '.join(TASK_KINDS)})")
         kind = spec["kind"]
         labels = spec.get("labels", spec.get("classes"))
+        if labels_from_data(spec):
+            raise DistmtlError(f"tasks.{name}.labels: taken from the training data; resolve them "
+                               f"with distmtl.experiment.build_experiment")
+        if labels == FROM_DATA:
+            raise DistmtlError(f"tasks.{name}.labels: '{FROM_DATA}' is for identity tasks only; "
+                               f"a {kind} task lists its labels")
         if isinstance(labels, str):
             labels = _named_label_set(name, labels)
         if labels is None:
@@ -104,6 +122,12 @@ class Task:
             value_range=tuple(value_range) if value_range is not None else None,
             options=dict(spec.get("options", {})),
         )
+
+
+def labels_from_data(spec: Mapping[str, Any]) -> bool:
+    """An identity task spec without labels (or ``labels: from_data``): the data names them."""
+    labels = spec.get("labels", spec.get("classes"))
+    return spec.get("kind") == "identity" and (labels is None or labels == FROM_DATA)
 
 
 NAMED_LABEL_SETS = {

@@ -8,6 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from distmtl.errors import DistmtlError
 from distmtl.evaluation import PRIMARY_METRIC, task_metrics
@@ -15,6 +16,7 @@ from distmtl.losses import task_loss
 from distmtl.losses.graph import EdgeConfig, RelatednessEdge, RelatednessGraph
 from distmtl.models import MultiTaskNet
 from distmtl.tasks import Task
+from distmtl.verification import DEFAULT_PAIRS, identity_verification
 from distmtl.weighting import create_weighting
 
 
@@ -134,15 +136,26 @@ class MultiTaskModule(L.LightningModule):
 
     # ----- evaluation -----
     def store_outputs(self, batch) -> None:
-        """Keep one evaluation batch's outputs, targets and masks (on the CPU) for ``collected``."""
-        outputs, _ = self.net(batch["image"])
-        for t in self.tasks:
-            store = self._eval_store.setdefault(t, [[], [], []])
-            store[0].append(outputs[t].detach().float().cpu())
-            store[1].append(batch["targets"][t].cpu())
-            store[2].append(batch["masks"][t].cpu())
+        """Keep one evaluation batch's outputs, targets and masks (on the CPU) for ``collected``;
+        for an identity task also the embeddings (L2-normalised shared features, as
+        ``net.embed``) and the identity groups of the batch (``batch["groups"]``)."""
+        outputs, features = self.net(batch["image"])
+        embeddings = None
+        for t, task in self.tasks.items():
+            parts = [outputs[t].detach().float().cpu(), batch["targets"][t].cpu(), batch["masks"][t].cpu()]
+            if task.kind == "identity":
+                if embeddings is None:
+                    embeddings = F.normalize(features.detach().float(), dim=1).cpu()
+                groups = batch.get("groups", {}).get(t)
+                if groups is None:  # a batch without groups: its training identities are the groups
+                    groups = torch.where(parts[2], parts[1], -1)
+                parts += [embeddings, groups.cpu()]
+            store = self._eval_store.setdefault(t, [[] for _ in parts])
+            for kept, part in zip(store, parts):
+                kept.append(part)
 
-    def collected(self) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    def collected(self) -> dict[str, tuple[torch.Tensor, ...]]:
+        """Per task ``(outputs, targets, masks)``, plus ``(embeddings, groups)`` for an identity task."""
         out = {t: tuple(torch.cat(x) for x in parts) for t, parts in self._eval_store.items()}
         self._eval_store = {}
         return out
@@ -233,9 +246,20 @@ def _set_python_state(state: dict) -> None:
     random.setstate((state["version"], tuple(state["internal"]), state["gauss"]))
 
 
-def metrics_from_outputs(tasks: Mapping[str, Task], collected: Mapping[str, tuple]) -> dict[str, dict]:
+def metrics_from_outputs(tasks: Mapping[str, Task], collected: Mapping[str, tuple], *,
+                         n_pairs: int = DEFAULT_PAIRS, pairs_seed: int = 0) -> dict[str, dict]:
+    """Metrics per task of :meth:`MultiTaskModule.collected`'s outputs; an identity task with
+    identity groups also gets verification metrics on ``n_pairs`` pairs drawn from them."""
     metrics = {}
-    for t, (outputs, targets, masks) in collected.items():
-        if masks.any():
-            metrics[t] = task_metrics(tasks[t], outputs, targets, masks)
+    for t, (outputs, targets, masks, *identity) in collected.items():
+        grouped = bool(identity) and bool((identity[1] >= 0).any())
+        if not (masks.any() or grouped):
+            continue
+        metrics[t] = task_metrics(tasks[t], outputs, targets, masks)
+        if grouped:
+            try:
+                summary, _ = identity_verification(identity[0], identity[1], n_pairs=n_pairs, seed=pairs_seed)
+            except DistmtlError as exc:
+                raise DistmtlError(f"task '{t}': {exc}") from None
+            metrics[t].update(summary)
     return metrics

@@ -17,6 +17,7 @@ one-line error naming it.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import stat
@@ -53,7 +54,12 @@ def image_check_mode(value, where: str = "check_images") -> str:
 
 @dataclass
 class EncodedSource:
-    """A source's labels as arrays in the batch layout of :mod:`distmtl.tasks`."""
+    """A source's labels as arrays in the batch layout of :mod:`distmtl.tasks`.
+
+    ``groups[t]`` (identity tasks only): int64 ``[N]``, one id per distinct identity of this
+    source, -1 where the identity is missing. Unlike ``targets[t]`` it covers identities outside
+    the training classes too, so held-out people can be paired for verification.
+    """
 
     name: str
     images: np.ndarray  # paths (str) or integer indices into ``pixels``
@@ -63,6 +69,7 @@ class EncodedSource:
     subjects: np.ndarray | None = None
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
+    groups: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -97,8 +104,8 @@ def cache_images(source: EncodedSource, size: int, channels: int, progress: bool
         if img.size != (size, size):
             img = img.resize((size, size), Image.BILINEAR)
         pixels[i] = np.asarray(img)
-    return EncodedSource(source.name, np.arange(len(source)), source.targets, source.masks,
-                         pixels, source.subjects, source.skipped, list(source.notes))
+    return dataclasses.replace(source, images=np.arange(len(source)), pixels=pixels,
+                               notes=list(source.notes))
 
 
 def task_columns(task: Task) -> list[str]:
@@ -281,6 +288,7 @@ def encode(loaded: LoadedSource, tasks: Mapping[str, Task]) -> EncodedSource:
     n = len(frame)
     targets: dict[str, np.ndarray] = {}
     masks: dict[str, np.ndarray] = {}
+    groups: dict[str, np.ndarray] = {}
     for task in tasks.values():
         if task.kind == "multiclass":
             target = np.zeros((n, task.num_outputs), dtype=np.float32)
@@ -308,15 +316,15 @@ def encode(loaded: LoadedSource, tasks: Mapping[str, Task]) -> EncodedSource:
         elif task.kind == "identity":
             target = np.zeros(n, dtype=np.int64)
             mask = np.zeros(n, dtype=bool)
+            groups[task.name] = identity_groups(frame[task.name] if task.name in frame.columns else None, n)
             if task.name in frame.columns:
                 lookup = {c: i for i, c in enumerate(task.labels)}
-                values = frame[task.name].to_numpy()
                 unseen = 0
-                for row, value in enumerate(values):
-                    if pd.notna(value) and str(value) in lookup:
-                        target[row] = lookup[str(value)]
+                for row, value in enumerate(identity_values(frame[task.name])):
+                    if value in lookup:
+                        target[row] = lookup[value]
                         mask[row] = True
-                    elif pd.notna(value):
+                    elif value is not None:
                         unseen += 1
                 if unseen:  # held-out identities: kept for verification, outside the classifier
                     loaded.notes.append(f"source '{loaded.name}': {unseen} rows have identities outside "
@@ -342,4 +350,25 @@ def encode(loaded: LoadedSource, tasks: Mapping[str, Task]) -> EncodedSource:
         subjects=subjects,
         skipped=loaded.skipped,
         notes=list(loaded.notes),
+        groups=groups,
     )
+
+
+def identity_values(column: pd.Series) -> np.ndarray:
+    """The identities of a column as strings, None where missing (NaN, None or empty)."""
+    values = column.to_numpy(dtype=object)
+    return np.array([None if pd.isna(v) or str(v).strip() == "" else str(v).strip() for v in values],
+                    dtype=object)
+
+
+def identity_groups(column: pd.Series | None, n: int) -> np.ndarray:
+    """Group id per row (index into the sorted distinct identities of the column), -1 where missing."""
+    out = np.full(n, -1, dtype=np.int64)
+    if column is None:
+        return out
+    values = identity_values(column)
+    present = np.array([v is not None for v in values], dtype=bool)
+    if present.any():
+        _, inverse = np.unique(values[present].astype(str), return_inverse=True)
+        out[present] = inverse
+    return out

@@ -1,9 +1,10 @@
 """The relatedness graph: (A, B, R) edges, each adding co-annotation and matching terms.
 
-An edge links a multiclass task A (K classes) to a multilabel task B (J labels) through
-``R[k, j] = p(b_j = 1 | a = k)`` and a class prior ``pi`` (uniform when not given). Its forward
+An edge links a multiclass (or identity) task A (K classes) to a multilabel task B (J labels)
+through ``R[k, j] = p(b_j = 1 | a = k)`` and a class prior ``pi`` (uniform when not given). Its forward
 pass reads the logits of both tasks and their targets and masks (batch layout of
-:mod:`distmtl.tasks`) and returns the enabled terms, already weighted::
+:mod:`distmtl.tasks`; an identity A's index targets become one-hot rows) and returns the enabled
+terms, already weighted::
 
     'coann:{a}->{b}'  coannotation.weight * soft/hard A -> B co-annotation
     'coann:{b}->{a}'  coannotation.weight * soft/hard B -> A co-annotation
@@ -182,6 +183,13 @@ class EdgeConfig:
 # --------------------------------------------------------------------------- modules
 
 
+def class_rows(index: Tensor, mask: Tensor, num_classes: int, dtype: torch.dtype) -> Tensor:
+    """One-hot rows ``[B, K]`` of class indices ``[B]``; zero rows where ``mask`` is false."""
+    mask = torch.as_tensor(mask).bool()
+    safe = torch.where(mask, index.long(), 0).clamp(0, num_classes - 1)
+    return torch.nn.functional.one_hot(safe, num_classes).to(dtype) * mask[:, None].to(dtype)
+
+
 class RelatednessEdge(nn.Module):
     """One (A, B, R) edge. Buffers: ``R`` ``[K, J]``, ``log_r_tilde``, ``log_1m_r_tilde``
     (``log R~``, ``log(1 - R~)``) and ``log_prior`` ``[K]`` (normalised).
@@ -283,6 +291,8 @@ class RelatednessEdge(nn.Module):
         logits_a = self._logits(outputs, a, self.num_classes)
         logits_b = self._logits(outputs, b, self.num_labels)
         target_a, mask_a = self._labels(targets, masks, a, logits_a, per_label=False)
+        if target_a.dim() == 1:  # an identity task A: class indices -> class-probability rows
+            target_a = class_rows(target_a, mask_a, self.num_classes, logits_a.dtype)
         target_b, mask_b = self._labels(targets, masks, b, logits_b, per_label=True)
         terms: dict[str, Tensor] = {}
 
