@@ -127,6 +127,16 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def machine_for(out: Path, extra: list[str], trained: bool) -> str:
+    """The machine the runs in ``out`` trained on: measured now when this call trained them, else
+    the line saved by the call that did (a report-only call on another machine keeps it)."""
+    saved = out / "machine.txt"
+    if trained or not saved.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        saved.write_text(machine_line(extra) + "\n")
+    return saved.read_text().strip()
+
+
 def machine_line(extra: list[str]) -> str:
     import torch
 

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from harness import REPO, Study, machine_line, run_jobs, study_records, summary_markdown
+from harness import REPO, Study, machine_for, run_jobs, study_records, summary_markdown
 
 from distmtl.curves import plot_weight_runs, read_log
 from distmtl.evaluation import abaw_mtl_score
@@ -80,7 +80,7 @@ def verification_table(out: Path, studies: list[Study]) -> str:
             values = [[m["identity"][k] for m in by_seed.values() if m.get("identity", {}).get(k) is not None]
                       for k in VERIFICATION]
             if any(values):
-                label = study.label if run == "mtl" and study.label != "attributes" else run
+                label = study.label if run == "mtl" and study.label else run
                 lines.append(f"| {label} | " + " | ".join(_mean_std(v) for v in values) + " |")
     return "\n".join(lines)
 
@@ -129,7 +129,8 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
                                 ("va", "Expressions + AUs + valence/arousal", VA)):
         if part not in groups:
             continue
-        studies = groups[part]
+        # every study folder of the part, however its runs were split into studies
+        studies = [Study(d.name, config, []) for d in sorted(out.glob(f"{part}*")) if d.is_dir()]
         records = [r for study in studies for r in study_records(out, study)]
         if not records:
             continue
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     extra = ["data.num_workers=0", *args.set]
     failures = [] if args.report_only else run_jobs(
         [s for studies in groups.values() for s in studies], out, seeds, args.jobs, extra)
-    path = report(out, groups, command, machine_line(extra), seeds)
+    path = report(out, groups, command, machine_for(out, extra, not args.report_only), seeds)
     print(f"report: {path}")
     for line in failures:
         print(f"failed: {line}", file=sys.stderr)

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import REPO, Study, machine_line, run_jobs, study_records, summary_markdown
+from harness import REPO, Study, machine_for, run_jobs, study_records, summary_markdown
 
 from distmtl.curves import plot_weight_runs, read_log
 from distmtl.relatedness import Relatedness
@@ -221,7 +221,7 @@ def main(argv=None) -> int:
     failures = [] if args.report_only else run_jobs(
         [s for studies in groups.values() for s in studies], out, seeds, args.jobs, extra)
     errors = table_errors(paths) if "relatedness" in groups else None
-    path = report(out, groups, command, machine_line(extra), seeds, errors)
+    path = report(out, groups, command, machine_for(out, extra, not args.report_only), seeds, errors)
     print(f"report: {path}")
     for line in failures:
         print(f"failed: {line}", file=sys.stderr)

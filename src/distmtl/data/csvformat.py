@@ -177,7 +177,10 @@ def read_csv_source(
     image_rel = frame["image"].str.strip()
     empty = np.flatnonzero((image_rel == "").to_numpy())
     flag(empty, "image", ["" for _ in empty], "empty image path")
-    out["image"] = [str((base / p).resolve()) if p else "" for p in image_rel]
+    # the CSV's folder is resolved once and rows joined lexically: a Path.resolve() per row made
+    # up 83% of loading a 1,000,000-row index (benchmarks/scaling.py)
+    root = str(base.resolve())
+    out["image"] = [os.path.normpath(os.path.join(root, p)) if p else "" for p in image_rel]
     if check != "none":
         rel_values = image_rel.to_numpy()
         for row, why in _image_problems(out["image"].to_numpy(), bad, decode=check == "decode"):
