@@ -56,13 +56,18 @@ def describe_experiment(exp) -> str:
 
 def cmd_evaluate(args) -> int:
     from distmtl.evaluate import evaluate_checkpoint
-    from distmtl.evaluation import format_metrics_table
+    from distmtl.evaluation import abaw_score_if_defined, abaw_tasks, format_metrics_table
 
     metrics, tasks = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                          num_workers=args.num_workers, n_pairs=args.n_pairs,
                                          pairs_seed=args.pairs_seed, pairs=args.pairs,
                                          save_pairs=args.save_pairs)
     print(format_metrics_table(metrics, tasks))
+    abaw = abaw_score_if_defined(metrics, tasks)
+    if abaw is not None:
+        expr, au, va = abaw_tasks(tasks)
+        print(f"ABAW multi-task score: {abaw:.4f} (mean CCC of {va} + macro-F1 of {expr} + mean F1 of {au})")
+        metrics = {**metrics, "abaw_mtl_score": abaw}
     if args.save_pairs:
         print(f"verification pairs written to {args.save_pairs}")
     if args.out:

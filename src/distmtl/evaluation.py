@@ -234,6 +234,32 @@ def abaw_mtl_score(
     return float(va + expr + au)
 
 
+def abaw_tasks(tasks: Mapping[str, Task]) -> tuple[str, str, str] | None:
+    """(expression, AU, VA) task names when a model has exactly one multiclass task, one
+    multilabel task and one regression task over valence and arousal; else None."""
+    by_kind: dict[str, list[Task]] = {}
+    for task in tasks.values():
+        by_kind.setdefault(task.kind, []).append(task)
+    picked = [by_kind.get(kind, []) for kind in ("multiclass", "multilabel", "regression")]
+    if any(len(group) != 1 for group in picked):
+        return None
+    if set(picked[2][0].labels) != {"valence", "arousal"}:
+        return None
+    return picked[0][0].name, picked[1][0].name, picked[2][0].name
+
+
+def abaw_score_if_defined(metrics_by_task: Mapping[str, Mapping[str, Any]],
+                          tasks: Mapping[str, Task]) -> float | None:
+    """The ABAW multi-task score when the model has the three tasks and the data annotates them."""
+    names = abaw_tasks(tasks)
+    if names is None or any(n not in metrics_by_task for n in names):
+        return None
+    try:
+        return abaw_mtl_score(metrics_by_task, *names)
+    except DistmtlError:  # a metric is undefined on this data (e.g. a constant VA column)
+        return None
+
+
 def calibrate_thresholds(
     probs: Tensor,
     targets: Tensor,

@@ -153,6 +153,9 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
     return results
 
 
+MAX_COACTIVATION_CLASSES = 100
+
+
 def learned_coactivation(logits_a: torch.Tensor, logits_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean predicted label probability per predicted class ([K, J]) and how often each class is predicted."""
     predicted = logits_a.argmax(1)
@@ -168,6 +171,8 @@ def write_coactivation(exp: Experiment, outputs: dict, out_dir: Path) -> None:
 
     for edge in exp.edges:
         if edge.task_a not in outputs or edge.task_b not in outputs:
+            continue
+        if len(edge.relatedness.classes) > MAX_COACTIVATION_CLASSES:  # e.g. thousands of identities
             continue
         means, counts = learned_coactivation(outputs[edge.task_a][0], outputs[edge.task_b][0])
         learned = Relatedness(means.clamp(0, 1).double().numpy(), edge.relatedness.classes,
