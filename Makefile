@@ -27,11 +27,15 @@ data/synthfacs/synthfacs.json: | $(STAMP)
 demo: $(STAMP) data/synthfacs/synthfacs.json
 	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 3 --out runs/demo --quiet
 
-# Speed figures of BENCHMARKS.md, reduced (a few minutes on 2 cores).
-bench-quick: $(STAMP)
+# BENCHMARKS.md, reduced: speed, memory and index scaling at one size, and the quality study's
+# regime (a) with 1 seed and 150 steps (single, plain MTL, +both, oracle): under 10 minutes on 2 cores.
+bench-quick: $(STAMP) data/synthfacs/synthfacs.json
 	$(BIN)/python benchmarks/synthfacs_render.py --n 1000
 	$(BIN)/python benchmarks/speed.py --batch-sizes 32 --image-sizes 64 --repeats 3
 	$(BIN)/python benchmarks/predict_speed.py --repeats 3
+	$(BIN)/python benchmarks/memory.py --batch-sizes 32 --image-sizes 64
+	$(BIN)/python benchmarks/scaling.py --rows 100000 --no-profile
+	$(BIN)/python benchmarks/quality.py --quick --jobs 2 --out runs/bench-quick
 
 clean:
 	rm -rf runs .pytest_cache
