@@ -8,8 +8,10 @@ so an interrupted benchmark re-run continues where it stopped.
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -153,3 +155,28 @@ def machine_line(extra: list[str]) -> str:
         device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "accelerator (unavailable)"
     return (f"machine: {os.cpu_count()} cores, {cpu}; training on {device}; torch {torch.__version__}; "
             f"date {date.today().isoformat()}")
+
+
+def study_arguments(doc: str, out: str, parts: list[str]) -> argparse.ArgumentParser:
+    """The options every study script takes; ``--parts`` chooses among ``parts``."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="data/synthfacs", help="SynthFACS demo preset (generated if missing)")
+    p.add_argument("--out", default=out)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=1, help="compare subprocesses at once (one thread each)")
+    p.add_argument("--parts", nargs="+", default=list(parts), choices=list(parts))
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
+    p.add_argument("--report-only", action="store_true", help="collate finished runs, train nothing")
+    return p
+
+
+def shown_command(script: str, argv: list[str]) -> str:
+    """The command a report names: the one that trains (``--report-only`` left out)."""
+    return f"python benchmarks/{script} " + " ".join(shlex.quote(a) for a in argv if a != "--report-only")
+
+
+def ensure_synthfacs(data: Path) -> None:
+    if not (data / "synthfacs.json").exists():
+        subprocess.check_call([sys.executable, "-m", "distmtl.cli", "data", "synth", "--out", str(data),
+                               "--preset", "demo", "--seed", "0", "--workers", "4"], cwd=REPO)
+

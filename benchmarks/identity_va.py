@@ -14,15 +14,13 @@ expressions + AUs + valence/arousal with the ABAW multi-task score.
 
 from __future__ import annotations
 
-import argparse
 import json
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
-from harness import REPO, Study, machine_for, run_jobs, study_records, summary_markdown
+from harness import (REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments,
+                     study_records, summary_markdown)
 
 from distmtl.curves import plot_weight_runs, read_log
 from distmtl.evaluation import abaw_mtl_score
@@ -148,22 +146,11 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/synthfacs", help="SynthFACS demo preset (generated if missing)")
-    p.add_argument("--out", default="runs/identity_va")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=1)
-    p.add_argument("--parts", nargs="+", default=["identity", "attributes", "va"],
-                   choices=["identity", "attributes", "va"])
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
-    p.add_argument("--report-only", action="store_true")
+    p = study_arguments(__doc__, "runs/identity_va", ["identity", "attributes", "va"])
     args = p.parse_args(argv)
-    command = "python benchmarks/identity_va.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--report-only")
+    command = shown_command("identity_va.py", argv or sys.argv[1:])
     data, out = REPO / args.data, (REPO / args.out).resolve()
-    if not (data / "synthfacs.json").exists():
-        subprocess.check_call([sys.executable, "-m", "distmtl.cli", "data", "synth", "--out", str(data),
-                               "--preset", "demo", "--seed", "0", "--workers", "4"], cwd=REPO)
+    ensure_synthfacs(data)
     groups = plan(args.parts)
     seeds = list(range(args.seeds))
     extra = ["data.num_workers=0", *args.set]

@@ -21,15 +21,13 @@ Writes ``<out>/quality.md`` (all tables, the commands, the machine) and one PNG 
 
 from __future__ import annotations
 
-import argparse
-import shlex
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import REPO, Study, machine_for, run_jobs, study_records, summary_markdown
+from harness import (REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments,
+                     study_records, summary_markdown)
 
 from distmtl.curves import plot_weight_runs, read_log
 from distmtl.relatedness import Relatedness
@@ -54,12 +52,6 @@ ABLATIONS = {  # name: (label, overrides); the reference is regime (a)'s +both
 }
 REFERENCE_LABEL = "+both (kl, both ways, stop-grad, lambda 1)"
 WEIGHTINGS = ("uncertainty", "dwa", "gradnorm", "dynamic")
-
-
-def ensure_data(data: Path) -> None:
-    if not (data / "synthfacs.json").exists():
-        subprocess.check_call([sys.executable, "-m", "distmtl.cli", "data", "synth", "--out", str(data),
-                               "--preset", "demo", "--seed", "0", "--workers", "4"], cwd=REPO)
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -196,23 +188,14 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", default="data/synthfacs", help="SynthFACS demo preset (generated if missing)")
-    p.add_argument("--out", default="runs/quality")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=1, help="compare subprocesses at once (one thread each)")
-    p.add_argument("--parts", nargs="+", default=["regimes", "relatedness", "ablations", "weighting"],
-                   choices=["regimes", "relatedness", "ablations", "weighting"])
+    p = study_arguments(__doc__, "runs/quality", ["regimes", "relatedness", "ablations", "weighting"])
     p.add_argument("--quick", action="store_true", help="regime (a), 1 seed, 150 steps, 4 variants")
-    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
-    p.add_argument("--report-only", action="store_true", help="collate finished runs, train nothing")
     args = p.parse_args(argv)
-    command = "python benchmarks/quality.py " + " ".join(
-        shlex.quote(a) for a in (argv or sys.argv[1:]) if a != "--report-only")
+    command = shown_command("quality.py", argv or sys.argv[1:])
     data, out = (REPO / args.data).resolve(), (REPO / args.out).resolve()
     parts = ["regimes"] if args.quick else args.parts
     seeds = [0] if args.quick else list(range(args.seeds))
-    ensure_data(data)
+    ensure_synthfacs(data)
     paths = derive_data(data)
     groups = plan(sorted(set(parts) | {"regimes"}) if not args.quick else parts, paths, args.quick)
     if "regimes" not in parts:  # the other parts compare against regime (a): train only its runs

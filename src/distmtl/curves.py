@@ -48,17 +48,8 @@ def plot_training_curves(frame: pd.DataFrame, path: str | Path, title: str | Non
             rows = frame[["step", c]].dropna()
             ax.plot(rows["step"], rows[c], marker="o" if len(rows) < 12 else None, markersize=3,
                     label=c[len(prefix):])
-        ax.set_xlabel("optimiser step")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, format="png", dpi=110)
-    plt.close(fig)
-    return path
+        _label_axes(ax, label)
+    return _save(fig, path, title)
 
 
 def plot_weight_runs(logs: Mapping[str, list[pd.DataFrame]], path: str | Path, title: str | None = None) -> Path:
@@ -86,10 +77,21 @@ def plot_weight_runs(logs: Mapping[str, list[pd.DataFrame]], path: str | Path, t
                 ax.fill_between(joined.index, np.nanmin(values, axis=1), np.nanmax(values, axis=1),
                                 color=line.get_color(), alpha=0.2)
         ax.set_title(f"{label} ({len(frames)} run{'s' if len(frames) > 1 else ''})", fontsize=9)
-        ax.set_xlabel("optimiser step")
-        ax.set_ylabel("task weight")
+        _label_axes(ax, "task weight")
+    return _save(fig, path, title)
+
+
+def _label_axes(ax, ylabel: str) -> None:
+    ax.set_xlabel("optimiser step")
+    ax.set_ylabel(ylabel)
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+    ax.grid(alpha=0.3)
+
+
+def _save(fig, path: str | Path, title: str | None) -> Path:
+    import matplotlib.pyplot as plt
+
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
