@@ -28,7 +28,7 @@ demo: $(STAMP) data/synthfacs/synthfacs.json
 	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 3 --out runs/demo --quiet
 
 # BENCHMARKS.md, reduced: speed, memory and index scaling at one size, and the quality study's
-# regime (a) with 1 seed and 150 steps (single, plain MTL, +both, oracle): under 10 minutes on 2 cores.
+# regime (a) with 1 seed and 300 steps (single, plain MTL, +both, oracle): under 10 minutes on 2 cores.
 bench-quick: $(STAMP) data/synthfacs/synthfacs.json
 	$(BIN)/python benchmarks/synthfacs_render.py --n 1000
 	$(BIN)/python benchmarks/speed.py --batch-sizes 32 --image-sizes 64 --repeats 3
