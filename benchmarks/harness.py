@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distmtl.report import RunRecord, read_runs
+from distmtl.study.report import RunRecord, read_runs
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -22,9 +22,9 @@ import numpy as np
 from harness import (REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments,
                      study_records, summary_markdown)
 
-from distmtl.curves import plot_weight_runs, read_log
-from distmtl.evaluation import abaw_mtl_score
-from distmtl.report import plot_summary, summarise
+from distmtl.training.curves import plot_weight_runs, read_log
+from distmtl.evaluation.metrics import abaw_mtl_score
+from distmtl.study.report import plot_summary, summarise
 
 IDENTITY = "configs/synthfacs_identity.yaml"
 ATTRIBUTES = "configs/synthfacs_identity_attributes.yaml"

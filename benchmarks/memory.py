@@ -58,8 +58,8 @@ def run_child(kind: str, batch: int, size: int, steps: int, data: Path) -> dict:
     import torch
     from speed import config, write_data  # benchmarks/speed.py, next to this script
 
-    from distmtl.experiment import build_experiment
-    from distmtl.runner import module_from_experiment
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.runner import module_from_experiment
 
     after_imports = {"rss_after_imports": status_mib(), "anon_after_imports": status_mib("RssAnon"),
                      "file_after_imports": status_mib("RssFile")}

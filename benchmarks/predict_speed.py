@@ -28,8 +28,8 @@ from PIL import Image
 
 def build_model_folder(folder: Path, size: int) -> None:
     from distmtl.config import resolve
-    from distmtl.export import save_model_folder
-    from distmtl.training import MultiTaskModule
+    from distmtl.inference.export import save_model_folder
+    from distmtl.training.module import MultiTaskModule
 
     config = resolve({"tasks": {"expression": {"kind": "multiclass", "labels": "basic7"},
                                 "au": {"kind": "multilabel", "labels": "au17"},
@@ -89,7 +89,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    from distmtl.predict import Predictor
+    from distmtl.inference.predictor import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         build_model_folder(Path(tmp) / "model", args.size)

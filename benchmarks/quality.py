@@ -29,9 +29,9 @@ import pandas as pd
 from harness import (REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments,
                      study_records, summary_markdown)
 
-from distmtl.curves import plot_weight_runs, read_log
-from distmtl.relatedness import Relatedness
-from distmtl.report import plot_summary, summarise, write_results
+from distmtl.training.curves import plot_weight_runs, read_log
+from distmtl.relatedness.table import Relatedness
+from distmtl.study.report import plot_summary, summarise, write_results
 from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
 
 CONFIG = "configs/synthfacs_demo.yaml"

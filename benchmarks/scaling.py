@@ -96,7 +96,7 @@ def experiment_config(csv: Path, check: str, workers: int) -> dict:
 
 
 def configured_tasks(out: Path, rows: int) -> dict:
-    from distmtl.experiment import build_tasks
+    from distmtl.training.experiment import build_tasks
 
     return build_tasks(experiment_config(csv_path(out, rows), "none", 0))
 
@@ -117,8 +117,8 @@ def load(out: Path, rows: int, check: str, tasks: dict) -> dict:
 
 
 def first_batch(out: Path, rows: int, workers: int, batches: int) -> dict:
-    from distmtl.experiment import build_experiment
-    from distmtl.runner import datamodule_from_experiment
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.runner import datamodule_from_experiment
 
     exp = build_experiment(experiment_config(csv_path(out, rows), "none", workers), with_eval=False)
     t0 = time.perf_counter()

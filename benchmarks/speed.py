@@ -26,8 +26,8 @@ import torch
 from PIL import Image
 
 from distmtl.config import resolve
-from distmtl.experiment import build_experiment
-from distmtl.runner import datamodule_from_experiment, module_from_experiment
+from distmtl.training.experiment import build_experiment
+from distmtl.training.runner import datamodule_from_experiment, module_from_experiment
 from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
 
 

@@ -8,9 +8,9 @@ from toydata import CLASSES, raw_config, write_dataset
 
 from distmtl.cli import main
 from distmtl.config import resolve
-from distmtl.evaluation import abaw_mtl_score, abaw_tasks
-from distmtl.experiment import build_experiment
-from distmtl.runner import train_experiment
+from distmtl.evaluation.metrics import abaw_mtl_score, abaw_tasks
+from distmtl.training.experiment import build_experiment
+from distmtl.training.runner import train_experiment
 from distmtl.tasks import Task, au_task, expression_task, va_task
 
 VA_OF_CLASS = {"Neutral": (0.0, 0.0), "Happiness": (0.7, 0.4), "Surprise": (0.2, 0.8)}

@@ -23,7 +23,7 @@ from PIL import Image
 from distmtl.config import load_config, resolve
 from distmtl.data.csvformat import encode, read_csv_source
 from distmtl.errors import DistmtlError
-from distmtl.experiment import build_experiment
+from distmtl.training.experiment import build_experiment
 from distmtl.tasks import Task
 from toydata import AUS, CLASSES, make_image, raw_config, write_dataset
 
@@ -55,7 +55,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def checkpoint(files, tmp_path_factory):
     """A checkpoint of the toy tasks (expression, au) after 2 steps."""
-    from distmtl.runner import train_experiment
+    from distmtl.training.runner import train_experiment
 
     raw = raw_config(files, max_steps=2, val_every_steps=2)
     raw["data"].update(num_workers=0, oracle=None, test=None)
@@ -337,7 +337,7 @@ def test_unknown_config_key_lists_close_matches(files, tmp_path):
 
 
 def test_checkpoint_of_other_tasks_passed_to_evaluate(checkpoint, tmp_path):
-    from distmtl.evaluate import evaluate_checkpoint
+    from distmtl.training.evaluate import evaluate_checkpoint
 
     rgb(tmp_path / "a.png")
     data = tmp_path / "va.csv"
@@ -349,9 +349,9 @@ def test_checkpoint_of_other_tasks_passed_to_evaluate(checkpoint, tmp_path):
 
 
 def test_predict_on_an_empty_folder(checkpoint, tmp_path):
-    from distmtl.experiment import preprocessing_from_config
-    from distmtl.predict import Predictor
-    from distmtl.runner import load_module
+    from distmtl.training.experiment import preprocessing_from_config
+    from distmtl.inference.predictor import Predictor
+    from distmtl.training.runner import load_module
 
     module = load_module(checkpoint)
     predictor = Predictor(module.net, module.tasks, preprocessing_from_config(module.config))

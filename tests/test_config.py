@@ -5,7 +5,7 @@ import yaml
 
 from distmtl.config import apply_override, load_config, resolve
 from distmtl.errors import DistmtlError
-from distmtl.experiment import build_experiment
+from distmtl.training.experiment import build_experiment
 from toydata import raw_config, write_dataset
 
 

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from distmtl.curves import plot_weight_runs, read_log, write_training_curves
+from distmtl.training.curves import plot_weight_runs, read_log, write_training_curves
 from distmtl.errors import DistmtlError
 
 

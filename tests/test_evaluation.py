@@ -13,7 +13,7 @@ from sklearn.metrics import (
 )
 
 from distmtl.errors import DistmtlError
-from distmtl.evaluation import (
+from distmtl.evaluation.metrics import (
     PRIMARY_METRIC,
     abaw_mtl_score,
     calibrate_thresholds,

@@ -35,7 +35,7 @@ def _run_cli(*argv) -> int:
 
 
 def test_config_holds_everything_needed_to_run_the_model(tiny_run):
-    from distmtl.export import file_sha256
+    from distmtl.inference.export import file_sha256
 
     config = json.loads((tiny_run.model / "config.json").read_text())
     assert config["format"] == "distmtl-model" and config["format_version"] == 1
@@ -54,8 +54,8 @@ def test_config_holds_everything_needed_to_run_the_model(tiny_run):
 
 
 def test_val_csv_and_no_calibration(tiny_run, tmp_path):
-    from distmtl.export import calibrate, export_model
-    from distmtl.runner import load_module
+    from distmtl.inference.export import calibrate, export_model
+    from distmtl.training.runner import load_module
 
     config = export_model(tiny_run.checkpoint, tmp_path / "plain", calibrate_thresholds=False)
     assert set(config["thresholds"]["au"].values()) == {0.5}
@@ -71,7 +71,7 @@ def test_val_csv_and_no_calibration(tiny_run, tmp_path):
 
 
 def test_loading_never_unpickles(tiny_run, monkeypatch):
-    from distmtl.predict import Predictor
+    from distmtl.inference.predictor import Predictor
 
     reference = Predictor.from_pretrained(tiny_run.model, device="cpu").predict(tiny_run.images[:4])
 
@@ -91,7 +91,7 @@ def test_loading_never_unpickles(tiny_run, monkeypatch):
 
 
 def test_broken_model_folders_are_one_line_errors(tiny_run, tmp_path):
-    from distmtl.predict import Predictor
+    from distmtl.inference.predictor import Predictor
 
     folder = tmp_path / "broken"
     folder.mkdir()
@@ -112,7 +112,7 @@ def test_broken_model_folders_are_one_line_errors(tiny_run, tmp_path):
 def test_onnx_outputs_equal_pytorch(tiny_run, tmp_path, capsys):
     ort = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
-    from distmtl.predict import Predictor
+    from distmtl.inference.predictor import Predictor
 
     out = tmp_path / "onnx_model"
     assert _run_cli("export", "--checkpoint", tiny_run.checkpoint, "--out", out, "--onnx", "--no-calibrate") == 0

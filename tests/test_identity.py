@@ -22,12 +22,12 @@ from distmtl.data.csvformat import cache_images, encode, read_csv_source
 from distmtl.data.sources import MultiSourceDataset, SourceDataset
 from distmtl.data.transforms import Preprocessing, eval_transform
 from distmtl.errors import DistmtlError
-from distmtl.evaluate import collect_outputs
-from distmtl.experiment import build_experiment
+from distmtl.training.evaluate import collect_outputs
+from distmtl.training.experiment import build_experiment
 from distmtl.models import ArcMarginHead, MultiTaskNet
-from distmtl.runner import datamodule_from_experiment, load_module, module_from_experiment, train_experiment
+from distmtl.training.runner import datamodule_from_experiment, load_module, module_from_experiment, train_experiment
 from distmtl.tasks import Task
-from distmtl.verification import (
+from distmtl.evaluation.verification import (
     verification_metrics,
 )
 
@@ -241,7 +241,7 @@ def test_groups_in_items_and_batches_across_sources(faces, tmp_path):
     batch = next(iter(DataLoader(MultiSourceDataset(datasets), batch_size=11)))
     assert batch["groups"]["identity"].tolist() == groups.tolist() + [-1, -1, -1]
 
-    from distmtl.study import restrict
+    from distmtl.study.compare import restrict
 
     only_attrs = SourceDataset(restrict(first, ["attrs"]), eval_transform(pre), 3)
     assert only_attrs[0]["groups"] == {}

@@ -26,9 +26,9 @@ N_IMAGES = 40
 
 def _train_tiny(root: Path) -> SimpleNamespace:
     from distmtl.config import resolve
-    from distmtl.experiment import build_experiment
-    from distmtl.export import export_model
-    from distmtl.runner import train_experiment
+    from distmtl.training.experiment import build_experiment
+    from distmtl.inference.export import export_model
+    from distmtl.training.runner import train_experiment
 
     (root / "img").mkdir(parents=True)
     rng = np.random.default_rng(0)
@@ -93,7 +93,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def predictor(tiny_run):
-    from distmtl.predict import Predictor
+    from distmtl.inference.predictor import Predictor
 
     return Predictor.from_pretrained(tiny_run.model, device="cpu")
 
@@ -129,8 +129,8 @@ def test_columns_are_the_documented_ones_in_order(predictor, tiny_run, tmp_path)
 
 
 def test_predictions_equal_the_lightning_model(predictor, tiny_run):
-    from distmtl.experiment import build_experiment
-    from distmtl.runner import datamodule_from_experiment, load_module
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.runner import datamodule_from_experiment, load_module
 
     module = load_module(tiny_run.checkpoint)
     loader = datamodule_from_experiment(build_experiment(tiny_run.config)).eval_dataloader("val")
@@ -151,9 +151,9 @@ def test_predictions_equal_the_lightning_model(predictor, tiny_run):
 
 
 def test_preprocessing_is_the_training_time_eval_transform(predictor, tiny_run):
-    from distmtl.experiment import build_experiment
-    from distmtl.predict import InputDataset, gather_inputs
-    from distmtl.runner import datamodule_from_experiment
+    from distmtl.training.experiment import build_experiment
+    from distmtl.inference.predictor import InputDataset, gather_inputs
+    from distmtl.training.runner import datamodule_from_experiment
 
     loader = datamodule_from_experiment(build_experiment(tiny_run.config)).eval_dataloader("val")
     training = torch.cat([batch["image"] for batch in loader])
@@ -164,7 +164,7 @@ def test_preprocessing_is_the_training_time_eval_transform(predictor, tiny_run):
 
 
 def test_every_input_kind_gives_the_same_predictions(predictor, tiny_run):
-    from distmtl.predict import InputDataset, gather_inputs
+    from distmtl.inference.predictor import InputDataset, gather_inputs
 
     paths = tiny_run.images[:3]
     reference = predictor.predict([str(p) for p in paths])
@@ -215,7 +215,7 @@ def test_empty_folder_is_a_one_line_error(predictor, tiny_run, tmp_path, capsys)
 
 
 def test_cli_sidecar_records_model_hash_labels_thresholds(predictor, tiny_run, tmp_path):
-    from distmtl.export import file_sha256
+    from distmtl.inference.export import file_sha256
 
     out = tmp_path / "preds.csv"
     assert _run_cli("predict", tiny_run.root / "img", "--model", tiny_run.model, "-o", out,
@@ -292,7 +292,7 @@ def test_detect_crops_faces_and_marks_photos_without_one(predictor, tiny_run):
 
 
 def test_unknown_device_is_an_error(tiny_run):
-    from distmtl.predict import Predictor
+    from distmtl.inference.predictor import Predictor
 
     with pytest.raises(DistmtlError, match="device"):
         Predictor.from_pretrained(tiny_run.model, device="warp-drive")
@@ -309,8 +309,8 @@ def _naive_bayes(b: np.ndarray, matrix: np.ndarray, eps: float = 0.05) -> np.nda
 
 
 def test_compound_scores_are_the_naive_bayes_posterior():
-    from distmtl.compound import compound_scores
-    from distmtl.relatedness import Relatedness
+    from distmtl.inference.compound import compound_scores
+    from distmtl.relatedness.table import Relatedness
 
     table = Relatedness.builtin("du2014_compound")
     rng = np.random.default_rng(1)
@@ -346,7 +346,7 @@ class _Oracle:
 
 
 def test_evaluate_compound(predictor, tiny_run, tmp_path):
-    from distmtl.compound import evaluate_compound
+    from distmtl.inference.compound import evaluate_compound
 
     truth = [COMPOUND_CLASSES[i % 13] for i in range(8)]
     rows = [{"image": f"img/{p.name}", "compound": t} for p, t in zip(tiny_run.images, truth)]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from distmtl.errors import DistmtlError
-from distmtl.relatedness import BUILTIN_TABLES, PRIOR_COLUMN, Relatedness, list_builtin
+from distmtl.relatedness.table import BUILTIN_TABLES, PRIOR_COLUMN, Relatedness, list_builtin
 from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS, au_task, expression_task
 
 COMPOUND_CLASSES = (
@@ -55,7 +55,7 @@ def write_csv(tmp_path, text: str, name: str = "table.csv"):
 def test_list_builtin_matches_shipped_files():
     assert list_builtin() == ["du2014", "du2014_compound", "emfacs"]
     for file_name in BUILTIN_TABLES.values():
-        assert (resources.files("distmtl") / "labels" / file_name).is_file()
+        assert (resources.files("distmtl.relatedness") / "tables" / file_name).is_file()
 
 
 def test_du2014_spot_values():
@@ -108,7 +108,7 @@ def test_builtin_file_is_what_to_csv_writes(tmp_path):
     for name, file_name in BUILTIN_TABLES.items():
         out = tmp_path / file_name
         Relatedness.builtin(name).to_csv(out)
-        shipped = (resources.files("distmtl") / "labels" / file_name).read_text(encoding="utf-8")
+        shipped = (resources.files("distmtl.relatedness") / "tables" / file_name).read_text(encoding="utf-8")
         assert out.read_text(encoding="utf-8") == shipped
 
 

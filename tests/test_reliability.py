@@ -7,8 +7,8 @@ import torch
 
 from distmtl.config import resolve
 from distmtl.errors import DistmtlError
-from distmtl.experiment import build_experiment
-from distmtl.runner import datamodule_from_experiment, module_from_experiment, train_experiment
+from distmtl.training.experiment import build_experiment
+from distmtl.training.runner import datamodule_from_experiment, module_from_experiment, train_experiment
 from toydata import raw_config, write_dataset
 
 
@@ -64,7 +64,7 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(files, tmp_path
 
     import yaml
 
-    from distmtl.runner import load_checkpoint_dict
+    from distmtl.training.runner import load_checkpoint_dict
 
     raw = raw_config(files, max_steps=24, val_every_steps=12, checkpoint_every_steps=4)
     raw["weighting"] = {"name": "dynamic"}

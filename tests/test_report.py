@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from distmtl.errors import DistmtlError
-from distmtl.report import (
+from distmtl.study.report import (
     VARIANTS,
     RunRecord,
     format_table,
@@ -214,7 +214,7 @@ def test_format_table_lists_every_row():
 
 
 def test_paired_seed_comparison_counts_wins_and_differences():
-    from distmtl.report import RunRecord, summarise
+    from distmtl.study.report import RunRecord, summarise
 
     records = [RunRecord("single", s, "t", "macro_f1", v) for s, v in enumerate([0.2, 0.5, 0.3])]
     records += [RunRecord("mtl", s, "t", "macro_f1", v) for s, v in enumerate([0.3, 0.55, 0.25])]

@@ -20,7 +20,7 @@ from distmtl.data.synthfacs.generator import perturbed_matrix
 from distmtl.errors import DistmtlError
 from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
 
-LABELS_DIR = Path(distmtl.__file__).parent / "labels"
+LABELS_DIR = Path(distmtl.__file__).parent / "relatedness" / "tables"
 
 
 # ---------------------------------------------------------------- generator tables

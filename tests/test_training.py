@@ -12,11 +12,11 @@ import yaml
 from sklearn.metrics import f1_score
 
 from distmtl.config import resolve
-from distmtl.evaluate import collect_outputs, evaluate_checkpoint
-from distmtl.experiment import build_experiment
-from distmtl.runner import datamodule_from_experiment, load_module, module_from_experiment, train_experiment
-from distmtl.study import run_compare
-from distmtl.training import metrics_from_outputs
+from distmtl.training.evaluate import collect_outputs, evaluate_checkpoint
+from distmtl.training.experiment import build_experiment
+from distmtl.training.runner import datamodule_from_experiment, load_module, module_from_experiment, train_experiment
+from distmtl.study.compare import run_compare
+from distmtl.training.module import metrics_from_outputs
 from toydata import raw_config, write_dataset
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_two_process_ddp_on_cpu_trains_and_checkpoint_loads(files, tmp_path):
 
 
 def test_learned_coactivation_is_mean_label_probability_per_predicted_class():
-    from distmtl.runner import learned_coactivation
+    from distmtl.training.runner import learned_coactivation
 
     logits_a = torch.tensor([[2.0, 0.0], [3.0, 1.0], [0.0, 1.0]])  # predicted: 0, 0, 1
     logits_b = torch.tensor([[0.0, 100.0], [0.0, -100.0], [100.0, 0.0]])
@@ -120,7 +120,7 @@ def test_training_writes_coactivation_beside_prior(trained):
 
 
 def test_single_task_batch_matches_label_exposure_or_takes_full_batch(files):
-    from distmtl.study import single_task_batch, variant_runs
+    from distmtl.study.compare import single_task_batch, variant_runs
 
     exp = build_experiment(resolve(raw_config(files)))  # batch 16, two sources, equal sampling
     assert single_task_batch(exp, "expression") == 8 and single_task_batch(exp, "au") == 8
@@ -132,7 +132,7 @@ def test_single_task_batch_matches_label_exposure_or_takes_full_batch(files):
 
 
 def test_pos_weight_auto_is_negatives_over_positives_of_annotated_entries(files):
-    from distmtl.runner import resolve_pos_weights
+    from distmtl.training.runner import resolve_pos_weights
 
     raw = raw_config(files)
     raw["losses"] = {"au": {"pos_weight": "auto"}}
@@ -147,7 +147,7 @@ def test_pos_weight_auto_is_negatives_over_positives_of_annotated_entries(files)
 
 
 def test_each_epoch_draws_a_new_order_under_lightning(files, tmp_path):
-    from distmtl.runner import make_trainer
+    from distmtl.training.runner import make_trainer
 
     exp = build_experiment(resolve(raw_config(files, max_steps=30, val_every_steps=30)), with_eval=False)
     dm = datamodule_from_experiment(exp)
@@ -165,7 +165,7 @@ def test_each_epoch_draws_a_new_order_under_lightning(files, tmp_path):
 
 
 def test_compare_resumes_an_interrupted_run_from_its_last_checkpoint(files, tmp_path, monkeypatch):
-    import distmtl.study as study
+    import distmtl.study.compare as study
 
     config = resolve(raw_config(files, max_steps=8, val_every_steps=8))
     run_compare(config, tmp_path, seeds=1, variants=["mtl"], progress=False)

@@ -12,8 +12,8 @@ from sklearn.metrics import roc_auc_score
 
 from distmtl.errors import DistmtlError
 from distmtl.tasks import Task
-from distmtl.training import metrics_from_outputs
-from distmtl.verification import (
+from distmtl.training.module import metrics_from_outputs
+from distmtl.evaluation.verification import (
     PairLine,
     PairResolver,
     pair_folds,

@@ -13,13 +13,13 @@ from pathlib import Path
 from distmtl.errors import DistmtlError
 
 # Modules that add their own subcommands: each defines add_parsers(subparsers).
-EXTENSION_COMMANDS = ("distmtl.predict_cli",)
+EXTENSION_COMMANDS = ("distmtl.inference.cli",)
 
 
 def cmd_train(args) -> int:
     from distmtl.config import load_config
-    from distmtl.experiment import build_experiment
-    from distmtl.runner import set_threads, train_experiment
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.runner import set_threads, train_experiment
 
     config = load_config(args.config, args.overrides)
     exp = build_experiment(config)
@@ -29,7 +29,7 @@ def cmd_train(args) -> int:
     set_threads()
     out = Path(args.out or config["output"]["dir"] or Path("runs") / config["name"])
     results = train_experiment(exp, out, resume=args.resume)
-    from distmtl.evaluation import format_metrics_table
+    from distmtl.evaluation.metrics import format_metrics_table
 
     for split in ("val", "test"):
         if split in results:
@@ -55,8 +55,8 @@ def describe_experiment(exp) -> str:
 
 
 def cmd_evaluate(args) -> int:
-    from distmtl.evaluate import evaluate_checkpoint
-    from distmtl.evaluation import abaw_score_if_defined, abaw_tasks, format_metrics_table
+    from distmtl.training.evaluate import evaluate_checkpoint
+    from distmtl.evaluation.metrics import abaw_score_if_defined, abaw_tasks, format_metrics_table
 
     metrics, tasks = evaluate_checkpoint(args.checkpoint, args.data, batch_size=args.batch_size,
                                          num_workers=args.num_workers, n_pairs=args.n_pairs,
@@ -80,8 +80,8 @@ def cmd_evaluate(args) -> int:
 
 def cmd_compare(args) -> int:
     from distmtl.config import load_config
-    from distmtl.runner import set_threads
-    from distmtl.study import run_compare
+    from distmtl.training.runner import set_threads
+    from distmtl.study.compare import run_compare
 
     config = load_config(args.config, args.overrides)
     set_threads()
@@ -128,7 +128,7 @@ def cmd_datasets_check(args) -> int:
 
 
 def cmd_relatedness_show(args) -> int:
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     rel = Relatedness.load(args.table)
     print(rel.to_frame().round(2).to_string())

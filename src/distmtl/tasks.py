@@ -12,7 +12,7 @@ A missing label is masked; its target value is a placeholder (0) that no loss re
 
 An identity task's labels may come from the data: ``labels: from_data`` (or no labels) in a
 config means the sorted distinct identities of the training sources
-(:func:`distmtl.experiment.build_experiment` resolves them before anything is encoded).
+(:func:`distmtl.training.experiment.build_experiment` resolves them before anything is encoded).
 """
 
 from __future__ import annotations
@@ -106,7 +106,7 @@ class Task:
         labels = spec.get("labels", spec.get("classes"))
         if labels_from_data(spec):
             raise DistmtlError(f"tasks.{name}.labels: taken from the training data; resolve them "
-                               f"with distmtl.experiment.build_experiment")
+                               f"with distmtl.training.experiment.build_experiment")
         if labels == FROM_DATA:
             raise DistmtlError(f"tasks.{name}.labels: '{FROM_DATA}' is for identity tasks only; "
                                f"a {kind} task lists its labels")

@@ -276,7 +276,7 @@ def class_attribute_matrix(root: str | os.PathLike) -> tuple[np.ndarray, list[st
 
 def relatedness(root: str | os.PathLike, **_options):
     """The species -> attribute relatedness R[k, j] = fraction of class k's images with j."""
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     matrix, classes, attribute_names = class_attribute_matrix(root)
     source = _base(absolute_root(root)) / CLASS_ATTRIBUTES

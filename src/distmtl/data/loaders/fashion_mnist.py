@@ -11,7 +11,7 @@ the default ``root`` (``apt-get install dataset-fashion-mnist``). Images are ret
 
 Tasks: ``category`` (multiclass, the official order: index 9 is "Ankle boot") and ``attributes``
 (multilabel): a shopping-item attribute set defined for the 10 categories as a class-attribute
-table, ``distmtl/labels/fashion_attributes.csv`` (same layout as a relatedness CSV; values are
+table, ``distmtl/relatedness/tables/fashion_attributes.csv`` (same layout as a relatedness CSV; values are
 p(attribute | category), 0.9 / 0.1 and the like where items of a category vary). Fashion-MNIST has
 no attribute annotation: per-image attribute labels are drawn from the table as a simulated
 annotator, Bernoulli(p) then each label flipped with probability ``noise`` (default 5%). The draw
@@ -66,7 +66,7 @@ PUBLISHED_COUNTS: dict[tuple[str, str], int | None] = {
 def _table_path(table: str | os.PathLike | None):
     if table is not None:
         return Path(table)
-    return resources.files("distmtl") / "labels" / "fashion_attributes.csv"
+    return resources.files("distmtl.relatedness") / "tables" / "fashion_attributes.csv"
 
 
 def attribute_table(table: str | os.PathLike | None = None) -> tuple[np.ndarray, list[str]]:
@@ -250,7 +250,7 @@ def _subset(subset, split: str) -> tuple[int, int | None] | None:
 
 def relatedness(root: str | os.PathLike | None = None, *, table: str | os.PathLike | None = None):
     """The category -> attribute relatedness: the class-attribute table (``root`` is unused)."""
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     matrix, names = attribute_table(table)
     return Relatedness(matrix, CLASSES, names, name="fashion_attributes",

@@ -1,4 +1,4 @@
-"""Inference with an exported model folder (see :mod:`distmtl.export`).
+"""Inference with an exported model folder (see :mod:`distmtl.inference.export`).
 
 >>> predictor = Predictor.from_pretrained("model_dir")            # doctest: +SKIP
 >>> frame = predictor.predict("faces/", batch_size=64)             # doctest: +SKIP
@@ -34,7 +34,7 @@ Output columns (:meth:`Predictor.columns`), one row per input, in this order:
    prefix instead (``au2_AU01``, ``au2_AU01_c``).
 4. ``compound=True`` only: ``compound`` (the predicted compound expression) then
    ``compound_<Class>`` for the 13 classes of Du et al.'s table, zero-shot probabilities from the
-   AU probabilities (:mod:`distmtl.compound`).
+   AU probabilities (:mod:`distmtl.inference.compound`).
 5. ``error``: empty, or the one-line reason the input could not be used (its other columns are
    then empty); with ``strict=True`` such an input raises :class:`DistmtlError` instead.
 """
@@ -237,7 +237,7 @@ class Predictor:
     @classmethod
     def from_pretrained(cls, model_dir: str | Path, device: str = "auto") -> Predictor:
         """Load a folder written by ``distmtl export`` (nothing is unpickled)."""
-        from distmtl.export import (CONFIG_NAME, build_net, file_sha256, load_weights,
+        from distmtl.inference.export import (CONFIG_NAME, build_net, file_sha256, load_weights,
                                     preprocessing_from_model_config, read_model_config,
                                     tasks_from_config)
 
@@ -279,7 +279,7 @@ class Predictor:
         for groups in self.task_columns.values():
             cols += [c for group in groups.values() for c in group]
         if compound:
-            from distmtl.compound import compound_columns
+            from distmtl.inference.compound import compound_columns
 
             self.compound_task()  # a model without AUs has no compound columns
             clash = sorted(set(compound_columns()) & set(cols))
@@ -355,7 +355,7 @@ class Predictor:
             probs[name] = values
         frame = pd.DataFrame(data)
         if compound:
-            from distmtl.compound import compound_scores
+            from distmtl.inference.compound import compound_scores
 
             au = self.compound_task()
             scores = compound_scores(probs[au], self.tasks[au].labels)
@@ -365,7 +365,7 @@ class Predictor:
 
     def compound_task(self) -> str:
         """The multilabel task whose labels cover most of the compound table's AUs."""
-        from distmtl.compound import matching_labels
+        from distmtl.inference.compound import matching_labels
 
         best, count = None, 0
         for name, task in self.tasks.items():

@@ -166,7 +166,7 @@ def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
 
 def check_verification_pairs(eval_sources: dict[str, EncodedSource]) -> None:
     """An evaluation split with identities must allow verification pairs: fail before training."""
-    from distmtl.verification import verification_pairs
+    from distmtl.evaluation.verification import verification_pairs
 
     for split, source in eval_sources.items():
         for task, groups in source.groups.items():
@@ -193,7 +193,7 @@ def check_model_and_weighting(config: dict) -> None:
 
 
 def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource]) -> list[Edge]:
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     edges = []
     for i, spec in enumerate(config["relatedness"]):
@@ -277,7 +277,7 @@ def _per_identity_table(table: Any) -> bool:
 
 def estimate_from_source(name: str, a: Task, b: Task, sources: list[EncodedSource], where: str,
                          alpha: float = 1.0):
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     by_name = {s.name: s for s in sources}
     if name not in by_name:

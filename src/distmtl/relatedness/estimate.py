@@ -1,7 +1,7 @@
 """Array-level work behind :class:`distmtl.relatedness.Relatedness`.
 
 Estimation from co-annotated data, row/column alignment, cell-by-cell comparison, heat-map
-plotting and atomic file writes. Kept apart from the table class so that ``relatedness.py`` holds
+plotting and atomic file writes. Kept apart from the table class so that ``table.py`` holds
 the table, its file format and its validation; everything here works on plain arrays and name
 tuples.
 """

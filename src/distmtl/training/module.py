@@ -11,12 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from distmtl.errors import DistmtlError
-from distmtl.evaluation import PRIMARY_METRIC, task_metrics
+from distmtl.evaluation.metrics import PRIMARY_METRIC, task_metrics
 from distmtl.losses import task_loss
 from distmtl.losses.graph import EdgeConfig, RelatednessEdge, RelatednessGraph
 from distmtl.models import MultiTaskNet
 from distmtl.tasks import Task
-from distmtl.verification import DEFAULT_PAIRS, identity_verification
+from distmtl.evaluation.verification import DEFAULT_PAIRS, identity_verification
 from distmtl.weighting import create_weighting
 
 

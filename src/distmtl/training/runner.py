@@ -17,12 +17,12 @@ from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from distmtl.config import dump_config
-from distmtl.curves import write_training_curves
+from distmtl.training.curves import write_training_curves
 from distmtl.data.datamodule import MultiSourceDataModule
 from distmtl.errors import DistmtlError
-from distmtl.experiment import Experiment, build_experiment
+from distmtl.training.experiment import Experiment, build_experiment
 from distmtl.io import atomic_write, atomic_write_text
-from distmtl.training import MultiTaskModule
+from distmtl.training.module import MultiTaskModule
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def learned_coactivation(logits_a: torch.Tensor, logits_b: torch.Tensor) -> tupl
 
 def write_coactivation(exp: Experiment, outputs: dict, out_dir: Path) -> None:
     """Draw what the trained model learned (co-activation on the test split) beside the prior table."""
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     for edge in exp.edges:
         if edge.task_a not in outputs or edge.task_b not in outputs:

@@ -1,4 +1,4 @@
-"""Model folders: ``distmtl export`` writes them, :class:`distmtl.predict.Predictor` reads them.
+"""Model folders: ``distmtl export`` writes them, :class:`distmtl.inference.predictor.Predictor` reads them.
 
 A model folder holds
 
@@ -188,9 +188,9 @@ def calibrate(module, val, *, batch_size: int = 256, num_workers: int = 0
     from distmtl.data.csvformat import encode, read_csv_source
     from distmtl.data.sources import SourceDataset
     from distmtl.data.transforms import eval_transform
-    from distmtl.evaluate import collect_outputs
-    from distmtl.evaluation import DEFAULT_THRESHOLD_GRID, calibrate_thresholds
-    from distmtl.experiment import load_source, preprocessing_from_config
+    from distmtl.training.evaluate import collect_outputs
+    from distmtl.evaluation.metrics import DEFAULT_THRESHOLD_GRID, calibrate_thresholds
+    from distmtl.training.experiment import load_source, preprocessing_from_config
 
     multilabel = [t for t, task in module.tasks.items() if task.kind == "multilabel"]
     default = {t: {"source": None, "note": "default 0.5 (no validation data)"} for t in multilabel}
@@ -235,7 +235,7 @@ def export_model(checkpoint: str | Path, out_dir: str | Path, *, val: str | Path
                  calibrate_thresholds: bool = True, onnx: bool = False, onnx_exporter: str = "auto",
                  opset: int | None = None, batch_size: int = 256, num_workers: int = 0) -> dict:
     """Write ``model.safetensors`` + ``config.json`` (+ ``model.onnx``); returns the config."""
-    from distmtl.runner import load_module
+    from distmtl.training.runner import load_module
 
     if onnx_exporter not in ONNX_EXPORTERS:
         raise DistmtlError(f"onnx exporter: unknown '{onnx_exporter}' ({', '.join(ONNX_EXPORTERS)})")

@@ -1,6 +1,6 @@
 """``distmtl evaluate``: a checkpoint's metrics on data in the generic CSV format.
 
-An identity task is scored as face verification too (see :mod:`distmtl.verification`): on pairs
+An identity task is scored as face verification too (see :mod:`distmtl.evaluation.verification`): on pairs
 drawn from the CSV's identities, or on the pairs of an LFW-format ``pairs.txt``.
 """
 
@@ -15,11 +15,11 @@ from distmtl.data.csvformat import encode, identity_values, read_csv_source, sof
 from distmtl.data.sources import SourceDataset
 from distmtl.data.transforms import eval_transform
 from distmtl.errors import DistmtlError
-from distmtl.evaluation import task_metrics
-from distmtl.experiment import preprocessing_from_config
-from distmtl.runner import load_module
-from distmtl.training import metrics_from_outputs
-from distmtl.verification import (
+from distmtl.evaluation.metrics import task_metrics
+from distmtl.training.experiment import preprocessing_from_config
+from distmtl.training.runner import load_module
+from distmtl.training.module import metrics_from_outputs
+from distmtl.evaluation.verification import (
     DEFAULT_PAIRS,
     PairResolver,
     pair_folds,

@@ -25,10 +25,10 @@ Conventions (kept identical to scikit-learn's on the same data, and checked agai
   verification, computed by :func:`distmtl.training.metrics_from_outputs` from the L2-normalised
   shared features and the per-source identity groups (held-out people included), is reported
   beside it: ``verification_accuracy`` (the primary metric; LFW protocol: balanced same/different
-  pairs drawn by :func:`distmtl.verification.verification_pairs`, 10 folds, cosine threshold
+  pairs drawn by :func:`distmtl.evaluation.verification.verification_pairs`, 10 folds, cosine threshold
   chosen on the other 9), ``verification_accuracy_std``, ``verification_roc_auc``,
   ``verification_tar_at_far_1e-3``, ``verification_threshold`` and ``verification_pairs`` (the
-  number of pairs). See :mod:`distmtl.verification`.
+  number of pairs). See :mod:`distmtl.evaluation.verification`.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ from torchmetrics.functional.classification import (
 
 from distmtl.errors import DistmtlError
 from distmtl.tasks import Task
-from distmtl.verification import verification_metrics  # noqa: F401  (part of this module's API)
+from distmtl.evaluation.verification import verification_metrics  # noqa: F401  (part of this module's API)
 
 PRIMARY_METRIC = {
     "multiclass": "macro_f1",

@@ -38,14 +38,14 @@ _AU = re.compile(r"^au[_ ]?0*(\d+)$", re.IGNORECASE)
 
 def compound_table(table=DEFAULT_TABLE):
     """The relatedness table of compound classes x AUs (a built-in name, a CSV path, or a table)."""
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     return _builtin(table) if isinstance(table, str) else Relatedness.load(table)
 
 
 @functools.lru_cache(maxsize=8)
 def _builtin(name: str):
-    from distmtl.relatedness import Relatedness
+    from distmtl.relatedness.table import Relatedness
 
     return Relatedness.load(name)
 

@@ -19,11 +19,11 @@ from typing import Any
 from distmtl.data.csvformat import EncodedSource
 from distmtl.data.sampler import source_weights
 from distmtl.errors import DistmtlError, close_matches
-from distmtl.evaluation import PRIMARY_METRIC
-from distmtl.experiment import Edge, Experiment, build_experiment
+from distmtl.evaluation.metrics import PRIMARY_METRIC
+from distmtl.training.experiment import Edge, Experiment, build_experiment
 from distmtl.io import atomic_write_text
-from distmtl.report import RunRecord, format_table, summarise, write_results
-from distmtl.runner import train_experiment
+from distmtl.study.report import RunRecord, format_table, summarise, write_results
+from distmtl.training.runner import train_experiment
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ DELAY_ENV = "DISTMTL_PREDICT_TEST_DELAY"  # seconds to sleep after each batch (t
 
 
 def cmd_export(args) -> int:
-    from distmtl.export import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, export_model
+    from distmtl.inference.export import CONFIG_NAME, ONNX_NAME, WEIGHTS_NAME, export_model
 
     config = export_model(args.checkpoint, args.out, val=args.val, calibrate_thresholds=not args.no_calibrate,
                           onnx=args.onnx, onnx_exporter=args.onnx_exporter, opset=args.opset,
@@ -47,7 +47,7 @@ def cmd_predict(args) -> int:
 
     from distmtl.errors import DistmtlError
     from distmtl.io import atomic_write_text
-    from distmtl.predict import FaceDetector, Predictor, gather_inputs
+    from distmtl.inference.predictor import FaceDetector, Predictor, gather_inputs
 
     if args.detect:
         FaceDetector()  # one clear line when OpenCV is missing, before the model loads

@@ -4,7 +4,7 @@
 prior ``pi`` over A's classes (uniform unless given or estimated) travels with the matrix; the
 co-annotation and distribution-matching losses read both.
 
-Built-in tables (``distmtl/labels/*.csv``, rows and columns in the canonical orders of
+Built-in tables (``distmtl/relatedness/tables/*.csv``, rows and columns in the canonical orders of
 ``distmtl.tasks``):
 
 - ``du2014``: Du, Tao & Martinez 2014, Table 1. Prototypical AUs weigh 1, observational AUs the
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from distmtl.errors import DistmtlError, close_matches
-from distmtl.relatedness_estimate import (
+from distmtl.relatedness.estimate import (
     RelatednessComparison,
     alignment_indices,
     compare_tables,
@@ -172,7 +172,7 @@ class Relatedness:
                 f"unknown built-in relatedness table '{name}'{close_matches(name, BUILTIN_TABLES)}"
                 f"; available: {', '.join(list_builtin())}"
             )
-        resource = resources.files("distmtl") / "labels" / BUILTIN_TABLES[name]
+        resource = resources.files("distmtl.relatedness") / "tables" / BUILTIN_TABLES[name]
         with resources.as_file(resource) as path:
             table = cls.from_csv(path)
         table.name = name

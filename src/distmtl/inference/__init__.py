@@ -1,0 +1,1 @@
+"""Inference: exported model folders, the Predictor, zero-shot compounds and the predict/export CLI."""
