@@ -44,14 +44,17 @@ class MultiTaskModule(L.LightningModule):
     prior, options}]``; ``config``: the resolved experiment config.
     """
 
-    def __init__(self, config: dict, tasks: dict, edges: list | None = None, data_summary: dict | None = None):
+    def __init__(self, config: dict, tasks: dict, edges: list | None = None, data_summary: dict | None = None,
+                 *, download_pretrained: bool = True):
+        """``download_pretrained=False`` builds the backbone without its pretrained weights (whatever
+        ``model.pretrained`` says): for rebuilding from a checkpoint, whose state replaces them."""
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["download_pretrained"])
         self.config = config
         self.tasks = {name: Task.from_dict(name, spec) for name, spec in tasks.items()}
         m = config["model"]
         self.net = MultiTaskNet(self.tasks, backbone=m["backbone"], in_chans=config["data"]["channels"],
-                                pretrained=m["pretrained"], head=m["head"], hidden=m["hidden"],
+                                pretrained=bool(m["pretrained"]) and download_pretrained, head=m["head"], hidden=m["hidden"],
                                 drop_rate=m["drop_rate"], backbone_kwargs=m.get("backbone_kwargs"))
         self.loss_options = {t: loss_options(task, config["losses"].get(t)) for t, task in self.tasks.items()}
         self.graph = RelatednessGraph([

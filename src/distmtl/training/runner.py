@@ -207,7 +207,9 @@ def load_module(path: str | Path) -> MultiTaskModule:
     hp = ckpt.get("hyper_parameters")
     if not hp or "tasks" not in hp:
         raise DistmtlError(f"{path}: not a distmtl checkpoint (no task specification inside)")
-    module = MultiTaskModule(hp["config"], hp["tasks"], hp.get("edges"), hp.get("data_summary"))
+    # the checkpoint's weights replace any pretrained ones: never go to the model hub for them
+    module = MultiTaskModule(hp["config"], hp["tasks"], hp.get("edges"), hp.get("data_summary"),
+                             download_pretrained=False)
     try:
         module.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, KeyError) as exc:
