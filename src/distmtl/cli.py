@@ -13,7 +13,7 @@ from pathlib import Path
 from distmtl.errors import DistmtlError
 
 # Modules that add their own subcommands: each defines add_parsers(subparsers).
-EXTENSION_COMMANDS = ("distmtl.inference.cli",)
+EXTENSION_COMMANDS = ("distmtl.inference.cli", "distmtl.inference.relatedness_cli")
 
 
 def cmd_train(args) -> int:
@@ -127,17 +127,6 @@ def cmd_datasets_check(args) -> int:
     return 0 if ok else 1
 
 
-def cmd_relatedness_show(args) -> int:
-    from distmtl.relatedness.table import Relatedness
-
-    rel = Relatedness.load(args.table)
-    print(rel.to_frame().round(2).to_string())
-    if args.png:
-        rel.plot(args.png, title=rel.name or str(args.table))
-        print(f"heat map written to {args.png}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="distmtl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
@@ -191,12 +180,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--root", required=True)
     p.set_defaults(func=cmd_datasets_check)
-
-    rel = sub.add_parser("relatedness", help="relatedness tables").add_subparsers(dest="rel_command", required=True)
-    p = rel.add_parser("show", help="print a table and draw its heat map")
-    p.add_argument("table", help="built-in name (du2014, du2014_compound, emfacs, ...) or CSV path")
-    p.add_argument("--png")
-    p.set_defaults(func=cmd_relatedness_show)
 
     for module_name in EXTENSION_COMMANDS:
         importlib.import_module(module_name).add_parsers(sub)

@@ -112,6 +112,23 @@ def smoothed_estimate(positives, annotated, class_counts, classes, labels, alpha
     return matrix, prior
 
 
+def coactivation(class_probs, label_probs) -> tuple[np.ndarray, np.ndarray]:
+    """Mean label probability per predicted class ``[K, J]`` and how often each class is predicted.
+
+    ``class_probs`` ``[N, K]`` (probabilities or logits: only the argmax is used) and
+    ``label_probs`` ``[N, J]`` probabilities in [0, 1]. A class never predicted has a zero row.
+    """
+    scores, probs = _to_numpy(class_probs), _to_numpy(label_probs).astype(np.float64)
+    if scores.ndim != 2 or probs.ndim != 2 or len(scores) != len(probs):
+        raise DistmtlError(f"co-activation: class scores {scores.shape} and label probabilities "
+                           f"{probs.shape} must be [N, K] and [N, J]")
+    predicted = scores.argmax(axis=1)
+    counts = np.bincount(predicted, minlength=scores.shape[1]).astype(np.float64)
+    sums = np.zeros((scores.shape[1], probs.shape[1]))
+    np.add.at(sums, predicted, probs)
+    return np.clip(sums / np.maximum(counts, 1)[:, None], 0.0, 1.0), counts
+
+
 class CellDifference(NamedTuple):
     class_name: str
     label: str

@@ -41,6 +41,7 @@ from distmtl.errors import DistmtlError, close_matches
 from distmtl.relatedness.estimate import (
     RelatednessComparison,
     alignment_indices,
+    coactivation,
     compare_tables,
     count_cooccurrence,
     names_and_task,
@@ -212,6 +213,16 @@ class Relatedness:
         counts = count_cooccurrence(class_index, label_values, label_mask, classes, labels, alpha)
         matrix, prior = smoothed_estimate(*counts, classes, labels, alpha)
         return cls(matrix, classes, labels, prior=prior, name="estimated")
+
+    @classmethod
+    def from_predictions(cls, class_probs, label_probs, classes, labels, name: str = "learned"):
+        """A model's co-activation as a table, with how often each class was predicted.
+
+        ``R[k, j]`` is the mean predicted probability of label j over the samples whose predicted
+        class is k; the prior is the predicted-class frequency. Returns ``(table, counts)``.
+        """
+        means, counts = coactivation(class_probs, label_probs)
+        return cls(means, classes, labels, prior=counts / counts.sum(), name=name), counts
 
     @classmethod
     def from_class_attributes(cls, matrix, classes, labels, scale: float = 1.0) -> Relatedness:
