@@ -51,6 +51,12 @@ def describe_experiment(exp) -> str:
     for e in exp.edges:
         lines.append(f"  relatedness {e.task_a} -> {e.task_b}: {e.relatedness.name or 'table'} "
                      f"{e.relatedness.matrix.shape[0]}x{e.relatedness.matrix.shape[1]}")
+    from distmtl.training.runner import datamodule_from_experiment
+
+    trainer = exp.config["trainer"]
+    devices = trainer["devices"] if isinstance(trainer["devices"], int) and trainer["devices"] > 0 else 1
+    mix = datamodule_from_experiment(exp).source_mix(devices * int(trainer["num_nodes"] or 1))
+    lines.extend("  " + line for line in mix.table().splitlines())
     return "\n".join(lines)
 
 

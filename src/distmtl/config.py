@@ -41,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
         "eval_batch_size": 256,
         "epoch_batches": ANY,
         "num_workers": 2,
+        "pin_memory": ANY,  # auto (default: on when training on an accelerator) | true | false
+        "prefetch_factor": ANY,  # batches each worker loads ahead (torch's default 2); workers > 0 only
+        "persistent_workers": True,  # training workers live across epochs
+        "max_repeats": ANY,  # cap on passes over any one source in the run (per source too)
         "skip_bad_rows": False,
         "check_images": ANY,  # exists (default, also true) | decode | none (also false); per source too
         "cache_images": False,  # decode every image once into RAM (small datasets only)
@@ -75,7 +79,7 @@ EDGE_DEFAULTS: dict[str, Any] = {
 }
 
 SOURCE_KEYS = {"name", "csv", "loader", "root", "split", "options", "rename", "skip_bad_rows",
-               "check_images"}
+               "check_images", "max_repeats"}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -143,6 +147,7 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     from distmtl.data.csvformat import image_check_mode
 
     config["data"]["check_images"] = image_check_mode(config["data"]["check_images"], "data.check_images")
+    _check_loader_options(config["data"])
     if not isinstance(config["tasks"], dict) or not config["tasks"]:
         raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
     return config
@@ -156,12 +161,38 @@ def _check_source(src: Any, where: str) -> None:
     for key in src:
         if key not in SOURCE_KEYS:
             raise DistmtlError(f"{where}.{key}: unknown key{close_matches(key, SOURCE_KEYS)}")
-    if ("csv" in src) == ("loader" in src):
-        raise DistmtlError(f"{where}: give exactly one of 'csv' or 'loader'")
+    forms = [k for k in ("csv", "loader") if k in src]
+    if len(forms) != 1:
+        raise DistmtlError(f"{where}: give exactly one of 'csv' or 'loader'"
+                           + (f" (got {', '.join(forms)})" if forms else ""))
+    if "max_repeats" in src:
+        _check_max_repeats(src["max_repeats"], f"{where}.max_repeats")
     if "check_images" in src:
         from distmtl.data.csvformat import image_check_mode
 
         image_check_mode(src["check_images"], f"{where}.check_images")
+
+
+def _check_loader_options(data: dict) -> None:
+    pin = data["pin_memory"]
+    if pin is None or (isinstance(pin, str) and pin.strip().lower() == "auto"):
+        data["pin_memory"] = "auto"
+    elif not isinstance(pin, bool):
+        raise DistmtlError(f"data.pin_memory: expected auto, true or false, got {pin!r}")
+    prefetch = data["prefetch_factor"]
+    if prefetch is not None and (isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1):
+        raise DistmtlError(f"data.prefetch_factor: expected a positive integer (or null), got {prefetch!r}")
+    if data["num_workers"] is not None and (data["num_workers"] < 0):
+        raise DistmtlError(f"data.num_workers: expected 0 or more, got {data['num_workers']!r}")
+    _check_max_repeats(data["max_repeats"], "data.max_repeats")
+
+
+def _check_max_repeats(value: Any, where: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise DistmtlError(f"{where}: expected a positive number of passes over the source (or null), "
+                           f"got {value!r}")
 
 
 def _merge(defaults: Mapping[str, Any], given: Any, prefix: str) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
 
 import lightning as L
 from torch.utils.data import DataLoader
 
 from distmtl.data.csvformat import EncodedSource
+from distmtl.data.mixing import SourceMix, source_mix
 from distmtl.data.sampler import MultiSourceBatchSampler
 from distmtl.data.sources import MultiSourceDataset, SourceDataset
 from distmtl.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
@@ -27,6 +29,12 @@ class MultiSourceDataModule(L.LightningDataModule):
         epoch_batches: int | None = None,
         num_workers: int = 2,
         seed: int = 0,
+        pin_memory: bool | str = "auto",
+        prefetch_factor: int | None = None,
+        persistent_workers: bool = True,
+        max_repeats: Sequence[float | None] | None = None,
+        run_batches: int | None = None,
+        report: bool = True,
     ):
         super().__init__()
         self.train_sources = list(train_sources)
@@ -35,6 +43,14 @@ class MultiSourceDataModule(L.LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.prefetch_factor = prefetch_factor
+        self.persistent_workers = persistent_workers
+        self.sampling = sampling
+        self.max_repeats = list(max_repeats) if max_repeats is not None else [None] * len(self.train_sources)
+        self.run_batches = run_batches
+        self.report = report
+        self.mix: SourceMix | None = None
         self.train_set = MultiSourceDataset(
             [SourceDataset(s, train_transform(preprocessing, augmentation), preprocessing.channels)
              for s in self.train_sources], seed=seed)
@@ -42,11 +58,33 @@ class MultiSourceDataModule(L.LightningDataModule):
             self.train_set.sizes, batch_size, ratios=sampling, epoch_batches=epoch_batches, seed=seed)
 
     def _loader_kwargs(self) -> dict:
-        return {"num_workers": self.num_workers, "pin_memory": False}
+        pin = self.pin_memory
+        if pin == "auto":
+            trainer = getattr(self, "trainer", None)
+            pin = trainer is not None and trainer.accelerator is not None and \
+                type(trainer.accelerator).__name__ != "CPUAccelerator"
+        kwargs = {"num_workers": self.num_workers, "pin_memory": bool(pin)}
+        if self.num_workers > 0 and self.prefetch_factor is not None:
+            kwargs["prefetch_factor"] = int(self.prefetch_factor)
+        return kwargs
+
+    def source_mix(self, world_size: int | None = None) -> SourceMix:
+        """The run's per-source shares with ``max_repeats`` applied, for ``world_size`` ranks."""
+        world = world_size or self.sampler.world_size
+        run = self.run_batches or len(self.sampler)
+        return source_mix([s.name for s in self.train_sources], self.train_set.sizes, self.sampling,
+                          self.max_repeats, batch_size=self.batch_size, world_size=world, run_batches=run,
+                          epoch_batches=self.sampler.epoch_batches)
 
     def train_dataloader(self) -> DataLoader:
+        trainer = getattr(self, "trainer", None)
+        self.mix = self.source_mix(trainer.world_size if trainer is not None else None)
+        self.sampler.weights = self.mix.weights
+        if self.report and (trainer is None or trainer.is_global_zero):
+            print(self.mix.table(), file=sys.stderr, flush=True)
         # persistent workers live as long as the DataLoader: worth it across training epochs only
-        return DataLoader(self.train_set, batch_sampler=self.sampler, persistent_workers=self.num_workers > 0,
+        return DataLoader(self.train_set, batch_sampler=self.sampler,
+                          persistent_workers=self.persistent_workers and self.num_workers > 0,
                           **self._loader_kwargs())
 
     def eval_dataloader(self, split: str) -> DataLoader:

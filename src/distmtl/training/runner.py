@@ -68,14 +68,29 @@ def resolve_pos_weights(exp: Experiment, cap: float = 10.0) -> dict:
     return config
 
 
-def datamodule_from_experiment(exp: Experiment, train_sources=None) -> MultiSourceDataModule:
+def datamodule_from_experiment(exp: Experiment, train_sources=None, *, report: bool = False) -> MultiSourceDataModule:
     data = exp.config["data"]
+    sources = train_sources if train_sources is not None else exp.train_sources
+    caps = source_caps(exp.config)
+    t = exp.config["train"]
     return MultiSourceDataModule(
-        train_sources if train_sources is not None else exp.train_sources,
-        exp.eval_sources, exp.preprocessing, exp.augmentation,
+        sources, exp.eval_sources, exp.preprocessing, exp.augmentation,
         batch_size=data["batch_size"], eval_batch_size=data["eval_batch_size"],
         sampling=data["sampling"] or "equal", epoch_batches=data["epoch_batches"],
-        num_workers=data["num_workers"], seed=exp.config["seed"])
+        num_workers=data["num_workers"], seed=exp.config["seed"],
+        pin_memory=data.get("pin_memory", "auto"), prefetch_factor=data.get("prefetch_factor"),
+        persistent_workers=data.get("persistent_workers", True),
+        max_repeats=[caps.get(s.name, data.get("max_repeats")) for s in sources],
+        run_batches=int(t["max_steps"]) * int(exp.config["trainer"]["accumulate_grad_batches"] or 1),
+        report=report)
+
+
+def source_caps(config: dict) -> dict[str, float]:
+    """``max_repeats`` given per source in ``data.sources``, by source name."""
+    from distmtl.training.experiment import source_label
+
+    return {source_label(s): s["max_repeats"] for s in config["data"]["sources"]
+            if isinstance(s, dict) and s.get("max_repeats") is not None}
 
 
 def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -> L.Trainer:
@@ -121,7 +136,7 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
     dump_config(config, out_dir / "config.yaml")
     module = module_from_experiment(exp)
-    dm = datamodule_from_experiment(exp, train_sources)
+    dm = datamodule_from_experiment(exp, train_sources, report=progress is not False)
     trainer = make_trainer(config, out_dir, progress=progress)
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
