@@ -134,9 +134,51 @@ def encode_source(loaded: LoadedSource, tasks: dict[str, Task], config: dict, wh
     return encoded
 
 
+EVAL_SPLITS = ("val", "test", "oracle")
+
+
+def source_names(config: dict) -> dict[str, str]:
+    """``{config key: source name}`` of every source: training sources, then val, test, oracle.
+
+    A name must be unique: a duplicate is one error naming both keys (two loaders of the same
+    dataset are both named after the loader unless given a ``name``)."""
+    data = config["data"]
+    specs = [(f"data.sources[{i}]", s) for i, s in enumerate(data["sources"])]
+    specs += [(f"data.{split}", data[split]) for split in EVAL_SPLITS if data.get(split) is not None]
+    names: dict[str, str] = {}
+    for where, spec in specs:
+        name = source_label(spec)
+        first = next((w for w, n in names.items() if n == name), None)
+        if first is not None:
+            raise DistmtlError(f"{where}: source name '{name}' is also the name of {first}; give each "
+                               f"source its own 'name'")
+        names[where] = name
+    return names
+
+
+def check_estimate_sources(config: dict, names: dict[str, str]) -> None:
+    """``table: {estimate: name}`` must name a training source: checked before any data loads."""
+    training = [n for w, n in names.items() if w.startswith("data.sources")]
+    others = {n: w for w, n in names.items() if not w.startswith("data.sources")}
+    for i, spec in enumerate(config["relatedness"]):
+        table = spec.get("table")
+        if not (isinstance(table, dict) and "estimate" in table and "loader" not in table):
+            continue
+        name = table["estimate"]
+        where = f"relatedness[{i}].table.estimate"
+        if name in others:
+            raise DistmtlError(f"{where}: '{name}' is {others[name]}, not a training source; a table is "
+                               f"estimated from training sources only ({', '.join(training)})")
+        if name not in training:
+            raise DistmtlError(f"{where}: unknown training source {name!r}"
+                               f"{close_matches(str(name), training)} (training sources: {', '.join(training)})")
+
+
 def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
                      with_eval: bool = True, with_oracle: bool = False) -> Experiment:
     check_model_and_weighting(config)
+    names = source_names(config)
+    check_estimate_sources(config, names)
     data = config["data"]
     wheres = [f"data.sources[{i}]" for i in range(len(data["sources"]))]
     # the training sources are read once: identity classes from the data come from them
@@ -160,7 +202,9 @@ def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
     if with_oracle and data["oracle"] is not None:
         oracle = load_source(data["oracle"], tasks, config, "data.oracle")
     check_verification_pairs(eval_sources)
-    edges = build_edges(config, tasks, train + list(eval_sources.values()))
+    # estimated tables come from training sources only: an evaluation split must not leak into training
+    eval_names = {n: w for w, n in names.items() if not w.startswith("data.sources")}
+    edges = build_edges(config, tasks, train, eval_names)
     return Experiment(config, tasks, train, eval_sources, oracle, edges)
 
 
@@ -192,7 +236,10 @@ def check_model_and_weighting(config: dict) -> None:
                                f"{close_matches(str(name).strip().lower(), known)}; known: {', '.join(known)}")
 
 
-def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource]) -> list[Edge]:
+def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource],
+                eval_names: dict[str, str] | None = None) -> list[Edge]:
+    """The relatedness edges; ``{estimate: name}`` reads the training ``sources`` only
+    (``eval_names``, ``{name: config key}`` of the evaluation splits, makes naming one an error)."""
     from distmtl.relatedness.table import Relatedness
 
     edges = []
@@ -254,7 +301,7 @@ def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSourc
                 raise DistmtlError(f"{where}.table: expected {{estimate: <source name>}} or "
                                    f"{{loader: <name>, root: <folder>}}, got {table!r}")
             rel = estimate_from_source(table["estimate"], a, b, sources, where,
-                                       alpha=float(table.get("alpha", 1.0)))
+                                       alpha=float(table.get("alpha", 1.0)), eval_names=eval_names)
         else:
             try:
                 rel = Relatedness.load(table)
@@ -276,12 +323,17 @@ def _per_identity_table(table: Any) -> bool:
 
 
 def estimate_from_source(name: str, a: Task, b: Task, sources: list[EncodedSource], where: str,
-                         alpha: float = 1.0):
+                         alpha: float = 1.0, eval_names: dict[str, str] | None = None):
     from distmtl.relatedness.table import Relatedness
 
     by_name = {s.name: s for s in sources}
+    if name in (eval_names or {}) and name not in by_name:
+        raise DistmtlError(f"{where}.table.estimate: '{name}' is {eval_names[name]}, not a training "
+                           f"source; a table is estimated from training sources only "
+                           f"({', '.join(by_name)})")
     if name not in by_name:
-        raise DistmtlError(f"{where}.table.estimate: unknown source '{name}'{close_matches(name, by_name)}")
+        raise DistmtlError(f"{where}.table.estimate: unknown training source '{name}'"
+                           f"{close_matches(name, by_name)} (training sources: {', '.join(by_name)})")
     src = by_name[name]
     has_class = src.masks[a.name]
     # multiclass targets are class-probability rows, identity targets class indices

@@ -135,6 +135,7 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
     config = exp.config
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
     dump_config(config, out_dir / "config.yaml")
+    write_estimated_tables(exp, out_dir)
     module = module_from_experiment(exp)
     dm = datamodule_from_experiment(exp, train_sources, report=progress is not False)
     trainer = make_trainer(config, out_dir, progress=progress)
@@ -169,6 +170,29 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
 
 
 MAX_COACTIVATION_CLASSES = 100
+MAX_PLOTTED_CLASSES = 1000  # a taller heat map exceeds what an image can hold; the CSV has every row
+
+
+def write_estimated_tables(exp: Experiment, out_dir: Path) -> list[Path]:
+    """Each table estimated from the data (``table: {estimate: source}``) as CSV + PNG in the run
+    folder, so that what the run was coupled with can be read and checked."""
+    written = []
+    for edge in exp.edges:
+        table = edge.options.get("table")
+        if not (isinstance(table, dict) and "estimate" in table):
+            continue
+        stem = out_dir / f"relatedness_estimated_{edge.task_a}_{edge.task_b}"
+        edge.relatedness.to_csv(stem.with_suffix(".csv"))
+        written.append(stem.with_suffix(".csv"))
+        if len(edge.relatedness.classes) <= MAX_PLOTTED_CLASSES:
+            edge.relatedness.plot(stem.with_suffix(".png"),
+                                  title=f"p({edge.task_b} | {edge.task_a}) estimated from "
+                                        f"training source '{table['estimate']}'")
+            written.append(stem.with_suffix(".png"))
+        else:
+            log.warning("%s: %d classes, too many to draw; the table is in %s", stem.name,
+                        len(edge.relatedness.classes), stem.with_suffix(".csv"))
+    return written
 
 
 def learned_coactivation(logits_a: torch.Tensor, logits_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
