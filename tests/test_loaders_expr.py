@@ -12,7 +12,7 @@ from fixtures import loaders_expr as fx
 from distmtl.data.loaders import get_loader
 from distmtl.data.loaders.cli import check_dataset, list_datasets
 from distmtl.errors import DistmtlError
-from distmtl.tasks import Task
+from distmtl.tasks import COMPOUND_13, Task
 
 
 def by_name(frame, column="expression"):
@@ -113,6 +113,33 @@ def test_rafdb_labels_and_splits(tmp_path):
     assert len(rafdb.load(root / "basic", "all").frame) == 6  # root may be basic/ itself
     with pytest.raises(DistmtlError, match="available: train, test, all"):
         rafdb.load(root, "val")
+
+
+def test_rafdb_compound_subset_has_its_own_labels_and_split(tmp_path):
+    fx.make_rafdb(tmp_path)
+    root = fx.make_rafdb_compound(tmp_path).root  # both subsets side by side
+    rafdb = get_loader("rafdb")
+    train = rafdb.load(root, "train", subset="compound").frame
+    assert by_name(train, "compound") == {"train_0001_aligned.jpg": "Happily surprised",  # 1
+                                          "train_0002_aligned.jpg": "Disgustedly surprised",  # 11
+                                          "train_0003_aligned.jpg": "Sadly disgusted"}  # 6
+    assert "expression" not in train.columns
+    assert all(os.path.join("compound", "Image", "aligned") in p for p in train["image"])
+    assert len(rafdb.load(root / "compound", "test", subset="compound").frame) == 3  # the folder itself
+    assert set(rafdb.TASKS["compound"]["labels"]) < set(COMPOUND_13)
+    assert len(rafdb.TASKS["compound"]["labels"]) == 11
+    with pytest.raises(DistmtlError, match="expected file not found"):
+        rafdb.load(root / "basic", "train", subset="compound")  # never reads basic labels as compound
+    with pytest.raises(DistmtlError, match="did you mean: compound"):
+        rafdb.load(root, "train", subset="compund")
+    report = rafdb.check(root)
+    assert report.ok and report.counts[("compound train", "(all)")] == (3, 3162)
+
+
+def test_rafdb_compound_bad_label_names_line_and_value(tmp_path):
+    fixture = fx.make_rafdb_compound(tmp_path, malformed=True)
+    with pytest.raises(DistmtlError, match=f"line {fixture.bad_line}: label is not one of 1..11: '12'"):
+        get_loader("rafdb").load(fixture.root, "train", subset="compound")
 
 
 def test_rafdb_crlf_label_file(tmp_path):

@@ -331,31 +331,86 @@ def test_compound_scores_are_the_naive_bayes_posterior():
         compound_scores(b, ["x"] * 17)
 
 
-class _Oracle:
-    """Predicts the true compound class for the first half of the images."""
+class ProfilePredictor:
+    """The real predictor, with each image's AU probabilities replaced by a compound class's
+    (clipped) AU profile: zero-shot scoring then picks that class."""
 
-    def __init__(self, truth):
-        self.truth = truth
+    def __init__(self, predictor, shown: dict[str, str]):
+        self.real, self.shown = predictor, shown
+        self.tasks, self.task_columns = predictor.tasks, predictor.task_columns
+        self.compound_task = predictor.compound_task
 
     def predict(self, paths, **kwargs):
-        assert kwargs["compound"] is True
-        half = len(paths) // 2
-        wrong = [COMPOUND_CLASSES[(COMPOUND_CLASSES.index(t) + 1) % 13] for t in self.truth[half:]]
-        return pd.DataFrame({"input": [str(p) for p in paths], "compound": self.truth[:half] + wrong,
-                             "error": [""] * len(paths)})
+        from distmtl.inference.compound import compound_table
+
+        frame = self.real.predict(paths, **kwargs)
+        table = compound_table()
+        columns = self.task_columns[self.compound_task()]["values"]
+        rows = [table.classes.index(self.shown[str(p)]) for p in paths]
+        frame[columns] = np.clip(table.matrix[rows], 0.05, 0.95)
+        return frame
 
 
-def test_evaluate_compound(predictor, tiny_run, tmp_path):
+def test_evaluate_compound_scores_the_class_set_of_the_data(predictor, tiny_run, tmp_path):
     from distmtl.inference.compound import evaluate_compound
 
-    truth = [COMPOUND_CLASSES[i % 13] for i in range(8)]
-    rows = [{"image": f"img/{p.name}", "compound": t} for p, t in zip(tiny_run.images, truth)]
+    truth = [COMPOUND_CLASSES[i % 4] for i in range(6)] + [COMPOUND_CLASSES[0]] * 2  # 4 classes
+    paths = [str(tiny_run.root / "img" / p.name) for p in tiny_run.images[:8]]
+    # right on the first 6, wrong on the last two (both class 0): 6/8 overall
+    shown = dict(zip(paths, truth[:6] + [COMPOUND_CLASSES[3]] * 2))
+    rows = [{"image": f"img/{Path(p).name}", "compound": t} for p, t in zip(paths, truth)]
     path = tiny_run.root / "compound_eval.csv"
     pd.DataFrame(rows + [{"image": "img/000.png", "compound": ""}]).to_csv(path, index=False)
-    result = evaluate_compound(_Oracle(truth), path)
-    assert result["accuracy"] == 0.5 and result["n"] == 8 and result["chance"] == pytest.approx(1 / 13)
+    result = evaluate_compound(ProfilePredictor(predictor, shown), path)
+    assert result["classes"] == COMPOUND_CLASSES[:4] and result["chance"] == pytest.approx(1 / 4)
+    assert result["accuracy"] == 0.75 and result["n"] == 8
+    # class 0: 2 of 4 right; classes 1-3: all right -> mean per class (0.5 + 3) / 4
+    assert result["per_class"][COMPOUND_CLASSES[0]] == 0.5
+    assert result["mean_class_accuracy"] == pytest.approx(0.875)
+    every = evaluate_compound(ProfilePredictor(predictor, shown), path, classes="table")
+    assert len(every["classes"]) == 13 and every["chance"] == pytest.approx(1 / 13)
     real = evaluate_compound(predictor, path)
     assert 0.0 <= real["accuracy"] <= 1.0 and real["n"] == 8 and real["n_errors"] == 0
     pd.DataFrame([{"image": "img/000.png", "compound": "Happy-ish"}]).to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(DistmtlError, match="Happy-ish"):
         evaluate_compound(predictor, tmp_path / "bad.csv")
+    with pytest.raises(DistmtlError, match="not among the 2 classes"):
+        evaluate_compound(predictor, path, classes=COMPOUND_CLASSES[:2])
+
+
+def test_rafdb_compound_protocol_on_a_fixture_tree(predictor, tmp_path):
+    import fixtures.loaders_expr as fx
+
+    from distmtl.data.loaders import get_loader
+    from distmtl.inference.compound import evaluate_compound
+    from distmtl.tasks import RAFDB_COMPOUND_11
+
+    root = fx.make_rafdb_compound(tmp_path).root
+    frame = get_loader("rafdb").load(root, "all", subset="compound").frame
+    truth = list(frame["compound"])
+    assert truth.count("Happily surprised") == 2 and len(set(truth)) == 5
+    first_hs = truth.index("Happily surprised")
+    shown = {p: ("Sadly angry" if i == first_hs else t) for i, (p, t) in enumerate(zip(frame["image"], truth))}
+    result = evaluate_compound(ProfilePredictor(predictor, shown), frame, classes=RAFDB_COMPOUND_11)
+    assert result["classes"] == list(RAFDB_COMPOUND_11) and result["chance"] == pytest.approx(1 / 11)
+    assert result["accuracy"] == pytest.approx(5 / 6) and result["n"] == 6
+    assert result["per_class"]["Happily surprised"] == 0.5
+    assert result["mean_class_accuracy"] == pytest.approx((0.5 + 4) / 5)
+    by_data = evaluate_compound(ProfilePredictor(predictor, shown), frame)  # the 5 classes present
+    assert len(by_data["classes"]) == 5
+
+
+def test_compound_command_on_rafdb(tiny_run, tmp_path, capsys):
+    import fixtures.loaders_expr as fx
+
+    from distmtl.cli import main
+
+    root = fx.make_rafdb_compound(tmp_path).root
+    out = tmp_path / "compound.json"
+    assert main(["compound", "--model", str(tiny_run.model), "--rafdb", str(root), "--classes", "rafdb11",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    assert "mean per-class accuracy" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert len(result["classes"]) == 11 and result["n"] == 3  # the test partition
+    assert main(["compound", "--model", str(tiny_run.model)]) == 2
+    assert "--data CSV or --rafdb ROOT" in capsys.readouterr().err

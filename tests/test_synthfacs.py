@@ -18,7 +18,7 @@ from distmtl.data.synthfacs import (
     make_identity, render_face, sample_image, sample_labels, sample_nuisance)
 from distmtl.data.synthfacs.generator import perturbed_matrix
 from distmtl.errors import DistmtlError
-from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
+from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS, RAFDB_COMPOUND_11
 
 LABELS_DIR = Path(distmtl.__file__).parent / "relatedness" / "tables"
 
@@ -260,6 +260,9 @@ def test_csvs_have_the_documented_columns_and_labels(tiny):
             assert r["expression"] in BASIC_EXPRESSIONS
             assert all(r[a] in ("0", "1") for a in AUS_17) and r["valence"] != ""
     assert {r["expression"] for r in rows["compound_test"]} <= set(COMPOUND_EXPRESSIONS)
+    eleven = _read(paths["compound_test_11"])  # RAF-DB's 11-class view of the same split
+    assert eleven == [r for r in rows["compound_test"] if r["expression"] in RAFDB_COMPOUND_11]
+    assert eleven and len(eleven) < len(rows["compound_test"])
     assert {r["split"] for r in rows["train_all"]} == {"train"}
     assert {r["split"] for r in rows["val"]} == {"val"}
     # the oracle holds the same images (and hidden labels) as the sources

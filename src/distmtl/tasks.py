@@ -31,6 +31,19 @@ AUS_17 = (
     "AU14", "AU15", "AU17", "AU20", "AU23", "AU24", "AU25", "AU26",
 )
 VALENCE_AROUSAL = ("valence", "arousal")
+# Du, Tao & Martinez 2014's 13 compound expressions (the du2014_compound table's rows) and the 11
+# of them RAF-DB's compound subset labels, in RAF-DB's native order 1..11 (no Fearfully disgusted,
+# no Awed).
+COMPOUND_13 = (
+    "Happily surprised", "Happily disgusted", "Sadly fearful", "Sadly angry", "Sadly surprised",
+    "Sadly disgusted", "Fearfully angry", "Fearfully surprised", "Fearfully disgusted",
+    "Angrily surprised", "Angrily disgusted", "Disgustedly surprised", "Awed",
+)
+RAFDB_COMPOUND_11 = (
+    "Happily surprised", "Happily disgusted", "Sadly fearful", "Sadly angry", "Sadly surprised",
+    "Sadly disgusted", "Fearfully angry", "Fearfully surprised", "Angrily surprised",
+    "Angrily disgusted", "Disgustedly surprised",
+)
 FROM_DATA = "from_data"
 IDENTITY_HEADS = ("arcface", "softmax")
 
@@ -133,6 +146,8 @@ def labels_from_data(spec: Mapping[str, Any]) -> bool:
 NAMED_LABEL_SETS = {
     "basic7": BASIC_EXPRESSIONS,
     "au17": AUS_17,
+    "compound13": COMPOUND_13,
+    "compound11": RAFDB_COMPOUND_11,
     "valence_arousal": VALENCE_AROUSAL,
 }
 

@@ -1,4 +1,4 @@
-"""Subcommands for inference and export (``distmtl export``, ``distmtl predict``).
+"""Subcommands for inference and export (``distmtl export``, ``distmtl predict``, ``distmtl compound``).
 
 ``distmtl predict`` streams rows to the CSV as batches finish (each batch is written whole and
 flushed, so a job that dies keeps every finished batch) and writes a JSON sidecar next to it
@@ -96,6 +96,38 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_compound(args) -> int:
+    from distmtl.errors import DistmtlError
+    from distmtl.inference.compound import evaluate_compound
+    from distmtl.inference.predictor import Predictor
+    from distmtl.tasks import RAFDB_COMPOUND_11
+
+    if bool(args.data) == bool(args.rafdb):
+        raise DistmtlError("compound: give either --data CSV or --rafdb ROOT")
+    if args.rafdb:
+        from distmtl.data.loaders import get_loader
+
+        data = get_loader("rafdb").load(args.rafdb, args.split, subset="compound").frame
+    else:
+        data = args.data
+    classes = {"rafdb11": list(RAFDB_COMPOUND_11)}.get(args.classes, args.classes)
+    predictor = Predictor.from_pretrained(args.model, device=args.device)
+    result = evaluate_compound(predictor, data, column=args.column, classes=classes,
+                               batch_size=args.batch_size, num_workers=args.num_workers)
+    print(f"zero-shot compound expressions, {len(result['classes'])} classes, {result['n']} images"
+          + (f" ({result['n_errors']} unreadable)" if result["n_errors"] else "") + ":")
+    for name, value in result["per_class"].items():
+        print(f"  {name:<24} {value:.4f}")
+    print(f"accuracy {result['accuracy']:.4f}, mean per-class accuracy {result['mean_class_accuracy']:.4f} "
+          f"(chance {result['chance']:.4f}, majority {result['majority']:.4f})")
+    if args.out:
+        from distmtl.io import atomic_write_text
+
+        atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+        print(f"written to {args.out}")
+    return 0
+
+
 def _plot_name(index: int, name: str) -> str:
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(str(name)).stem)
     return f"{index:06d}_{stem[:60]}.png"
@@ -181,3 +213,17 @@ def add_parsers(sub) -> None:
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable input")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("compound", help="zero-shot compound-expression accuracy of an exported model")
+    p.add_argument("--model", required=True, help="model folder written by distmtl export")
+    p.add_argument("--data", help="CSV with image and a compound-class column")
+    p.add_argument("--rafdb", metavar="ROOT", help="RAF-DB folder: its compound subset (11 classes)")
+    p.add_argument("--split", default="test", choices=["train", "test", "all"], help="with --rafdb")
+    p.add_argument("--column", help="class column (default: compound, else expression)")
+    p.add_argument("--classes", default="data",
+                   help="classes to choose from: data (those in the data; default), table (all 13), rafdb11")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--out", help="write the result as JSON here")
+    p.set_defaults(func=cmd_compound)

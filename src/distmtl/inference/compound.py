@@ -119,38 +119,95 @@ def compound_scores(au_probs, au_labels: Sequence[str] | None = None, *, table=D
     return frame
 
 
-def evaluate_compound(predictor, csv: str | Path, *, column: str = PREFIX, table=DEFAULT_TABLE,
-                      batch_size: int = 64, num_workers: int = 0) -> dict:
-    """Zero-shot accuracy on a CSV with ``image`` and a compound-class column.
+def restricted_table(classes: Sequence[str], table=DEFAULT_TABLE):
+    """The compound table with only ``classes`` (in the table's order); the prior is renormalised."""
+    from distmtl.relatedness.table import Relatedness
 
-    Image paths are relative to the CSV; rows with an empty class are left out. Returns
-    ``accuracy`` (over the readable images), ``chance`` (1 / number of classes), ``majority``
-    (the most frequent class's share), ``n`` (images scored), ``n_errors`` (unreadable images) and
-    ``per_class`` accuracy.
+    rel = compound_table(table)
+    unknown = [c for c in classes if c not in rel.classes]
+    if unknown:
+        raise DistmtlError(f"compound: class '{unknown[0]}' is not in the compound table"
+                           f"{close_matches(unknown[0], rel.classes)}")
+    rows = [k for k, c in enumerate(rel.classes) if c in set(classes)]
+    if len(rows) < 2:
+        raise DistmtlError(f"compound: {len(rows)} class(es) to choose from; zero-shot scoring needs at least 2")
+    return Relatedness(rel.matrix[rows], [rel.classes[k] for k in rows], rel.labels,
+                       prior=rel.prior[rows], name=rel.name, source=rel.source)
+
+
+def read_compound_data(data, column: str | None = None) -> tuple[list[str], np.ndarray, str]:
+    """``(image paths, true classes, column)`` from a CSV (paths relative to it) or a DataFrame
+    with ``image`` (absolute paths, as a dataset loader's frame) and a class column.
+
+    ``column`` defaults to ``compound`` when there is one, else ``expression`` (SynthFACS's
+    compound split keeps its classes there). Rows with an empty class are left out.
     """
-    csv = Path(csv)
-    if not csv.is_file():
-        raise DistmtlError(f"{csv}: CSV file not found")
-    frame = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
+    if isinstance(data, pd.DataFrame):
+        frame, where, base = data.copy(), "data", None
+        for name in {"image", column or PREFIX, "expression"} & set(frame.columns):
+            frame[name] = frame[name].fillna("").astype(str)
+    else:
+        where = base = Path(data)
+        if not where.is_file():
+            raise DistmtlError(f"{where}: CSV file not found")
+        frame = pd.read_csv(where, dtype=str, keep_default_na=False, skipinitialspace=True)
+        base = where.parent
+    if column is None:
+        column = PREFIX if PREFIX in frame.columns or "expression" not in frame.columns else "expression"
     for needed in ("image", column):
         if needed not in frame.columns:
-            raise DistmtlError(f"{csv}: no '{needed}' column{close_matches(needed, frame.columns)}")
+            raise DistmtlError(f"{where}: no '{needed}' column{close_matches(needed, frame.columns)}")
     frame = frame[frame[column].str.strip() != ""]
     if frame.empty:
-        raise DistmtlError(f"{csv}: no row has a '{column}' class")
-    classes = compound_table(table).classes
-    truth = frame[column].str.strip().to_numpy()
-    unknown = sorted(set(truth) - set(classes))
+        raise DistmtlError(f"{where}: no row has a '{column}' class")
+    paths = [str(base / p.strip()) if base is not None else p for p in frame["image"]]
+    return paths, frame[column].str.strip().to_numpy(), column
+
+
+def evaluate_compound(predictor, data, *, column: str | None = None, classes="data",
+                      table=DEFAULT_TABLE, batch_size: int = 64, num_workers: int = 0) -> dict:
+    """Zero-shot compound-expression accuracy on labelled images.
+
+    ``data``: a CSV with ``image`` and a class column, or a loader's DataFrame (e.g. RAF-DB's
+    compound subset: ``rafdb.load(root, "test", subset="compound").frame``). ``classes`` is the
+    class set the model chooses from: ``"data"`` (default: the classes that occur in the data,
+    so RAF-DB's 11 or Du et al.'s 13), ``"table"`` (every row of the table) or a list.
+
+    Returns ``accuracy`` (overall, over the readable images), ``mean_class_accuracy`` (the mean of
+    the per-class accuracies: the RAF-DB compound protocol's figure), ``per_class``, ``classes``
+    (the class set scored), ``chance`` (1 / number of classes), ``majority`` (the most frequent
+    class's share), ``n`` (images scored) and ``n_errors`` (unreadable images).
+    """
+    paths, truth, column = read_compound_data(data, column)
+    rel = compound_table(table)
+    unknown = sorted(set(truth) - set(rel.classes))
     if unknown:
-        raise DistmtlError(f"{csv}: column '{column}' has class '{unknown[0]}' that the compound table "
-                           f"lacks{close_matches(unknown[0], classes)}")
-    paths = [csv.parent / p.strip() for p in frame["image"]]
-    preds = predictor.predict(paths, batch_size=batch_size, num_workers=num_workers, compound=True)
-    ok = (preds["error"] == "").to_numpy() & preds[PREFIX].notna().to_numpy()
-    correct = preds[PREFIX].to_numpy()[ok] == truth[ok]
-    per_class = {c: float(correct[truth[ok] == c].mean()) for c in classes if (truth[ok] == c).any()}
-    counts = pd.Series(truth[ok]).value_counts()
+        raise DistmtlError(f"{data if not isinstance(data, pd.DataFrame) else 'data'}: column "
+                           f"'{column}' has class '{unknown[0]}' that the compound table "
+                           f"lacks{close_matches(unknown[0], rel.classes)}")
+    if isinstance(classes, str) and classes in ("data", "table"):
+        chosen = [c for c in rel.classes if c in set(truth)] if classes == "data" else list(rel.classes)
+    elif isinstance(classes, str):
+        raise DistmtlError(f"compound: classes must be 'data', 'table' or a list of classes, got '{classes}'")
+    else:
+        chosen = list(classes)
+        outside = sorted(set(truth) - set(chosen))
+        if outside:
+            raise DistmtlError(f"compound: the data has class '{outside[0]}', which is not among "
+                               f"the {len(chosen)} classes to choose from")
+    subset = restricted_table(chosen, table)
+    au = predictor.compound_task()
+    preds = predictor.predict(paths, batch_size=batch_size, num_workers=num_workers)
+    probs = preds[predictor.task_columns[au]["values"]].to_numpy(dtype=np.float64)
+    scores = compound_scores(probs, predictor.tasks[au].labels, table=subset)
+    ok = (preds["error"] == "").to_numpy() & scores[PREFIX].notna().to_numpy()
+    predicted, truth_ok = scores[PREFIX].to_numpy()[ok], truth[ok]
+    correct = predicted == truth_ok
+    per_class = {c: float(correct[truth_ok == c].mean()) for c in subset.classes if (truth_ok == c).any()}
+    counts = pd.Series(truth_ok).value_counts()
     return {"accuracy": float(correct.mean()) if ok.any() else float("nan"),
-            "chance": 1.0 / len(classes),
+            "mean_class_accuracy": float(np.mean(list(per_class.values()))) if per_class else float("nan"),
+            "per_class": per_class, "classes": list(subset.classes),
+            "chance": 1.0 / len(subset.classes),
             "majority": float(counts.iloc[0] / ok.sum()) if ok.any() else float("nan"),
-            "n": int(ok.sum()), "n_errors": int((~ok).sum()), "per_class": per_class}
+            "n": int(ok.sum()), "n_errors": int((~ok).sum())}

@@ -1,13 +1,21 @@
-"""RAF-DB, basic-emotion subset.
+"""RAF-DB: the basic-emotion subset and the compound subset.
 
-Layout (``root`` is the RAF-DB folder holding ``basic/``, or ``basic/`` itself)::
+Layout (``root`` is the RAF-DB folder holding ``basic/`` and ``compound/``, or one of those
+folders itself)::
 
     basic/EmoLabel/list_patition_label.txt     "train_00001.jpg 5" (space-separated; sic "patition")
     basic/Image/original/train_00001.jpg
     basic/Image/aligned/train_00001_aligned.jpg (100x100)
+    compound/EmoLabel/list_patition_label.txt  "train_0001.jpg 3"
+    compound/Image/original/train_0001.jpg
+    compound/Image/aligned/train_0001_aligned.jpg
 
-Native labels 1..7 (Surprise, Fear, Disgust, Happiness, Sadness, Anger, Neutral); the split is the
-file-name prefix (train_ / test_).
+``subset="basic"`` (default): native labels 1..7 (Surprise, Fear, Disgust, Happiness, Sadness,
+Anger, Neutral) in the ``expression`` column. ``subset="compound"``: native labels 1..11 (Happily
+surprised, Happily disgusted, Sadly fearful, Sadly angry, Sadly surprised, Sadly disgusted,
+Fearfully angry, Fearfully surprised, Angrily surprised, Angrily disgusted, Disgustedly surprised;
+Du et al.'s names, as in the ``du2014_compound`` table) in the ``compound`` column. In both, the
+split is the file-name prefix (train_ / test_).
 """
 
 from __future__ import annotations
@@ -27,13 +35,16 @@ from distmtl.data.loaders._common import (
     report,
 )
 from distmtl.data.loaders.base import CheckReport, LoadedSource, require_file
-from distmtl.errors import DistmtlError
-from distmtl.tasks import BASIC_EXPRESSIONS
+from distmtl.errors import DistmtlError, close_matches
+from distmtl.tasks import BASIC_EXPRESSIONS, RAFDB_COMPOUND_11
 
 NAME = "rafdb"
-DESCRIPTION = "RAF-DB basic: 15,339 in-the-wild faces, 7 basic expressions, train/test"
-TASKS = {"expression": {"kind": "multiclass", "labels": list(BASIC_EXPRESSIONS)}}
+DESCRIPTION = ("RAF-DB: 15,339 in-the-wild faces, 7 basic expressions (subset: compound: 3,954, "
+               "11 compound expressions), train/test")
+TASKS = {"expression": {"kind": "multiclass", "labels": list(BASIC_EXPRESSIONS)},
+         "compound": {"kind": "multiclass", "labels": list(RAFDB_COMPOUND_11)}}
 SPLITS = ("train", "test")
+SUBSETS = ("basic", "compound")
 
 NATIVE_TO_CANONICAL = {
     1: "Surprise",
@@ -44,6 +55,10 @@ NATIVE_TO_CANONICAL = {
     6: "Anger",
     7: "Neutral",
 }
+COMPOUND_NATIVE_TO_CANONICAL = dict(enumerate(RAFDB_COMPOUND_11, start=1))
+# subset -> (native codes, task column)
+SUBSET_LABELS = {"basic": (NATIVE_TO_CANONICAL, "expression"),
+                 "compound": (COMPOUND_NATIVE_TO_CANONICAL, "compound")}
 PREFIX_TO_SPLIT = {"train_": "train", "test_": "test"}
 LABEL_FILE = Path("EmoLabel") / "list_patition_label.txt"
 
@@ -65,13 +80,19 @@ PUBLISHED_COUNTS: dict[tuple[str, str], int | None] = {
     ("test", "Anger"): 162,
     ("test", "Neutral"): 680,
 }
+COMPOUND_PUBLISHED_COUNTS: dict[tuple[str, str], int | None] = {
+    ("train", TOTAL): 3162,
+    ("test", TOTAL): 792,
+}
 
 
-def _basic_dir(root: Path) -> Path:
-    """``root/basic``, unless the user pointed at the ``basic`` folder itself."""
-    if not (root / "basic").is_dir() and (root / LABEL_FILE).is_file():
+def _subset_dir(root: Path, subset: str = "basic") -> Path:
+    """``root/<subset>``, unless the user pointed at that folder itself (a folder with the label
+    file and no ``<subset>`` folder, not named after the other subset)."""
+    other = "compound" if subset == "basic" else "basic"
+    if not (root / subset).is_dir() and (root / LABEL_FILE).is_file() and root.name != other:
         return root
-    return root / "basic"
+    return root / subset
 
 
 def _image_path(basic: Path, name: str, aligned: bool) -> str:
@@ -81,8 +102,9 @@ def _image_path(basic: Path, name: str, aligned: bool) -> str:
     return str(basic / "Image" / "original" / name)
 
 
-def _read(root: Path, aligned: bool, malformed: Malformed) -> pd.DataFrame:
-    basic = _basic_dir(root)
+def _read(root: Path, aligned: bool, malformed: Malformed, subset: str = "basic") -> pd.DataFrame:
+    basic = _subset_dir(root, subset)
+    codes, column = SUBSET_LABELS[subset]
     path = require_file(basic / LABEL_FILE, NAME)
     rows = []
     with open(path, encoding="utf-8") as handle:
@@ -100,12 +122,12 @@ def _read(root: Path, aligned: bool, malformed: Malformed) -> pd.DataFrame:
                 malformed(path, lineno, name, "image name does not start with train_ or test_")
                 continue
             try:
-                expression = NATIVE_TO_CANONICAL[int(code)]
+                expression = codes[int(code)]
             except (ValueError, KeyError):
-                malformed(path, lineno, code, "label is not one of 1..7")
+                malformed(path, lineno, code, f"label is not one of 1..{len(codes)}")
                 continue
             rows.append((_image_path(basic, name, aligned), expression, split))
-    return pd.DataFrame(rows, columns=["image", "expression", "split"])
+    return pd.DataFrame(rows, columns=["image", column, "split"])
 
 
 def load(
@@ -114,11 +136,16 @@ def load(
     *,
     aligned: bool = True,
     skip_malformed: bool = False,
+    subset: str = "basic",
 ) -> LoadedSource:
-    """RAF-DB basic; ``aligned`` picks the 100x100 aligned crops over the original images."""
+    """RAF-DB basic (``expression``) or compound (``compound``, ``subset="compound"``);
+    ``aligned`` picks the 100x100 aligned crops over the original images."""
     check_split(NAME, split, SPLITS)
+    if subset not in SUBSETS:
+        raise DistmtlError(f"{NAME}: options.subset: unknown subset '{subset}'"
+                           f"{close_matches(str(subset), SUBSETS)}; expected basic or compound")
     malformed = Malformed(NAME, skip_malformed)
-    frame = _read(absolute_root(root), aligned, malformed)
+    frame = _read(absolute_root(root), aligned, malformed, subset)
     if split != "all":
         frame = frame[frame["split"] == split].reset_index(drop=True)
     return LoadedSource(NAME, frame, skipped=malformed.count, notes=malformed.notes())
@@ -135,4 +162,11 @@ def check(root: str | os.PathLike) -> CheckReport:
     problems += missing_files(frame["image"])
     counts = class_counts(frame, "expression", list(NATIVE_TO_CANONICAL.values()), SPLITS,
                           PUBLISHED_COUNTS)
+    if (root / "compound" / LABEL_FILE).is_file():  # the compound subset, when it is there too
+        compound = _read(root, aligned=True, malformed=malformed, subset="compound")
+        problems += [p for p in [malformed.first] if p and p not in problems]
+        problems += missing_files(compound["image"])
+        found = class_counts(compound, "compound", list(RAFDB_COMPOUND_11), SPLITS,
+                             COMPOUND_PUBLISHED_COUNTS)
+        counts.update({(f"compound {split}", cls): value for (split, cls), value in found.items()})
     return report(NAME, root, problems, counts)

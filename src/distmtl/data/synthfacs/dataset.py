@@ -14,7 +14,9 @@ Layout of ``out_dir`` (``generate`` returns these paths by key):
   ``oracle_expr_au.csv``, ``oracle_expr_va.csv``, ``oracle_au_va.csv``: the same for two of the
   sources (the oracle of a two-task study: the same images as its two sources);
 - ``val.csv``, ``test.csv``, ``compound_test.csv``: every label (compound class names in the
-  ``expression`` column of the latter);
+  ``expression`` column of the latter); ``compound_test_11.csv``: the rows of ``compound_test.csv``
+  in RAF-DB's 11 compound classes (no Fearfully disgusted, no Awed), the RAF-DB compound protocol's
+  view (written when the compound table has those classes);
 - ``au_intensity.csv``: the AU intensities (0 = inactive) of every image;
 - ``generator_table.csv`` / ``compound_generator_table.csv``: p(AU | class) used to draw the labels
   (relatedness-CSV layout); ``contact_sheet.png``; ``synthfacs.json`` (the manifest).
@@ -43,7 +45,7 @@ from distmtl.data.synthfacs.generator import (
     ExpressionTable, sample_labels)
 from distmtl.data.synthfacs.render import DEFAULT_SUPERSAMPLE, render_face, sample_nuisance
 from distmtl.errors import DistmtlError
-from distmtl.tasks import AUS_17
+from distmtl.tasks import AUS_17, RAFDB_COMPOUND_11
 
 SYNTHFACS_VERSION = "1.0"
 SPLIT_CODES = {"expr_train": 1, "au_train": 2, "va_train": 3, "val": 4, "test": 5,
@@ -64,7 +66,7 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 _CHUNK = 64
 _OUTPUT_FILES = tuple(f"{s}.csv" for s in SPLIT_CODES) + (
-    "train_all.csv", "oracle_expr_au.csv", "oracle_expr_va.csv", "oracle_au_va.csv",
+    "train_all.csv", "compound_test_11.csv", "oracle_expr_au.csv", "oracle_expr_va.csv", "oracle_au_va.csv",
     "au_intensity.csv", "generator_table.csv", "compound_generator_table.csv",
     "contact_sheet.png")
 
@@ -257,6 +259,9 @@ def generate(out_dir, *, n_expr: int = 3000, n_au: int = 3000, n_va: int = 1000,
             continue
         paths[split] = _write_csv(out / f"{split}.csv", COLUMNS,
                                   (_row(r) for r in records.get(split, [])))
+    if counts["compound_test"] and set(RAFDB_COMPOUND_11) <= set(compound_table.classes):
+        paths["compound_test_11"] = _write_csv(out / "compound_test_11.csv", COLUMNS, (
+            _row(r) for r in records["compound_test"] if r["expression"] in RAFDB_COMPOUND_11))
     paths["au_intensity"] = _write_csv(
         out / "au_intensity.csv", ("image",) + AUS_17,
         ([r["image"]] + [f"{v:.3f}" for v in r["intensity"]] for s in splits for r in records[s]))
