@@ -20,6 +20,11 @@ _LAZY = {
     "train_from_config": "distmtl.training.runner",
     "Predictor": "distmtl.inference.predictor",
     "export_model": "distmtl.inference.export",
+    "build_experiment": "distmtl.training.experiment",
+    "train_experiment": "distmtl.training.runner",
+    "evaluate_checkpoint": "distmtl.training.evaluate",
+    "create_weighting": "distmtl.weighting",
+    "MultiTaskNet": "distmtl.models",
 }
 
 __all__ = ["DistmtlError", "Task", "__version__", *_LAZY]

@@ -1,4 +1,4 @@
-"""The ``distmtl`` command line: train, evaluate, compare, data, datasets, relatedness."""
+"""The ``distmtl`` command line: train, evaluate, compare, export, predict, data, datasets, relatedness."""
 
 from __future__ import annotations
 
@@ -89,6 +89,8 @@ def cmd_compare(args) -> int:
     from distmtl.training.runner import set_threads
     from distmtl.study.compare import run_compare
 
+    if args.seeds is not None and args.seeds < 1:
+        raise DistmtlError(f"--seeds: expected a number of seeds >= 1, got {args.seeds}")
     config = load_config(args.config, args.overrides)
     set_threads()
     out = Path(args.out or config["output"]["dir"] or Path("runs") / f"{config['name']}_compare")
@@ -103,8 +105,6 @@ def cmd_compare(args) -> int:
 def cmd_data_synth(args) -> int:
     from distmtl.data.synthfacs import PRESETS, generate
 
-    if args.preset not in PRESETS:
-        raise DistmtlError(f"--preset: unknown preset '{args.preset}'; known: {', '.join(PRESETS)}")
     sizes = dict(PRESETS[args.preset])
     if args.n is not None:
         scale = args.n / max(1, sizes.get("n_expr", 1))
@@ -134,8 +134,12 @@ def cmd_datasets_check(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from distmtl import __version__
+    from distmtl.data.synthfacs import PRESETS
+
     parser = argparse.ArgumentParser(prog="distmtl", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="show library log messages")
+    parser.add_argument("--version", action="version", version=f"distmtl {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train one model from an experiment YAML")
@@ -162,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="single-task vs multi-task vs coupled variants, over seeds")
     p.add_argument("--config", required=True)
-    p.add_argument("--seeds", type=int)
+    p.add_argument("--seeds", type=int, help="number of seeds (default compare.seeds), from the config's seed")
     p.add_argument("--out")
     p.add_argument("--variants", nargs="+")
     p.add_argument("--quiet", action="store_true", help="no per-run progress bars")
@@ -172,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="generate data").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("synth", help="write SynthFACS (PNG images + CSVs in the generic format)")
     p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="demo")
+    p.add_argument("--preset", default="demo", choices=list(PRESETS),
+                   help="dataset sizes (default: %(default)s)")
     p.add_argument("--n", type=int, help="expression-only source size (others scale with it)")
     p.add_argument("--size", type=int, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)

@@ -1,13 +1,15 @@
 """Subcommands for inference and export (``distmtl export``, ``distmtl predict``, ``distmtl compound``).
 
-``distmtl predict`` streams rows to the CSV as batches finish (each batch is written whole and
-flushed, so a job that dies keeps every finished batch) and writes a JSON sidecar next to it
+``distmtl predict`` writes a CSV or a Parquet file, chosen by the output's extension. Rows stream to
+a CSV as batches finish (each batch is written whole and flushed, so a job that dies keeps every
+finished batch); a Parquet file is written once, at the end, atomically. It also writes a JSON sidecar next to it
 (``preds.csv`` -> ``preds.json``) with the model config's SHA-256, the label orders, thresholds and
 columns, the run's options and, once finished, ``complete: true`` and the row counts.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -15,6 +17,23 @@ import time
 from pathlib import Path
 
 DELAY_ENV = "DISTMTL_PREDICT_TEST_DELAY"  # seconds to sleep after each batch (tests only)
+OUTPUT_FORMATS = {".csv": "csv", ".parquet": "parquet"}
+
+
+def output_format(out: Path) -> str:
+    """``csv`` or ``parquet`` from the file name; another extension is an error."""
+    from distmtl.errors import DistmtlError
+
+    fmt = OUTPUT_FORMATS.get(out.suffix.lower())
+    if fmt is None:
+        raise DistmtlError(f"-o {out}: unknown output format '{out.suffix or '(no extension)'}'; "
+                           f"name the file .csv or .parquet")
+    if fmt == "parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise DistmtlError(f"-o {out}: writing Parquet needs pyarrow (pip install pyarrow)") from None
+    return fmt
 
 
 def cmd_export(args) -> int:
@@ -46,9 +65,10 @@ def cmd_predict(args) -> int:
     from tqdm import tqdm
 
     from distmtl.errors import DistmtlError
-    from distmtl.io import atomic_write_text
+    from distmtl.io import atomic_write, atomic_write_text
     from distmtl.inference.predictor import FaceDetector, Predictor, gather_inputs
 
+    fmt = output_format(Path(args.out))
     if args.detect:
         FaceDetector()  # one clear line when OpenCV is missing, before the model loads
     predictor = Predictor.from_pretrained(args.model, device=args.device)
@@ -56,7 +76,7 @@ def cmd_predict(args) -> int:
     columns = predictor.columns(compound=args.compound, detect=args.detect)
     out, side = Path(args.out), sidecar_path(args.out)
     if out.is_dir():
-        raise DistmtlError(f"{out}: is a folder; -o expects a CSV file name")
+        raise DistmtlError(f"{out}: is a folder; -o expects a .csv or .parquet file name")
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
@@ -69,14 +89,19 @@ def cmd_predict(args) -> int:
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     delay = float(os.environ.get(DELAY_ENV) or 0)
     rows = errors = no_face = 0
-    with open(out, "w", newline="", encoding="utf-8") as handle, \
+    frames = []  # Parquet: kept until the end
+    with (open(out, "w", newline="", encoding="utf-8") if fmt == "csv" else contextlib.nullcontext()) as handle, \
             tqdm(total=len(items), unit="img", disable=True if args.quiet else None) as bar:
-        handle.write(pd.DataFrame(columns=columns).to_csv(index=False))
-        handle.flush()
+        if handle is not None:
+            handle.write(pd.DataFrame(columns=columns).to_csv(index=False))
+            handle.flush()
         for frame in predictor.iter_predict(items, args.batch_size, args.num_workers, strict=args.strict,
                                             compound=args.compound, detect=args.detect):
-            handle.write(frame.to_csv(index=False, header=False, float_format="%.6g"))
-            handle.flush()  # one write per batch: a killed job leaves whole rows only
+            if handle is None:
+                frames.append(frame)
+            else:
+                handle.write(frame.to_csv(index=False, header=False, float_format="%.6g"))
+                handle.flush()  # one write per batch: a killed job leaves whole rows only
             rows += len(frame)
             errors += int((frame["error"] != "").sum())
             if args.detect:
@@ -88,6 +113,9 @@ def cmd_predict(args) -> int:
             bar.update(len(frame))
             if delay:
                 time.sleep(delay)
+    if fmt == "parquet":
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
+        atomic_write(out, lambda tmp: table.to_parquet(tmp, index=False))
     meta.update(complete=True, rows=rows, errors=errors, finished=_dt.datetime.now(
         _dt.timezone.utc).isoformat(timespec="seconds"), **({"no_face": no_face} if args.detect else {}))
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
@@ -202,7 +230,8 @@ def add_parsers(sub) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of face crops")
     p.add_argument("--model", required=True, help="model folder written by distmtl export")
     p.add_argument("-o", "--out", required=True,
-                   help="CSV file to write (rows stream in; metadata goes to the same name with .json)")
+                   help="file to write: .csv (rows stream in) or .parquet (written at the end); "
+                        "metadata goes to the same name with .json")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")

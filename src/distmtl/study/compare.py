@@ -115,7 +115,10 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
     for v in variants:
         if v not in KNOWN_VARIANTS:
             raise DistmtlError(f"compare.variants: unknown variant '{v}'{close_matches(v, KNOWN_VARIANTS)}")
-    n_seeds = int(seeds or config["compare"]["seeds"])
+    n_seeds = config["compare"]["seeds"] if seeds is None else seeds
+    if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
+        key = "compare.seeds" if seeds is None else "seeds"
+        raise DistmtlError(f"{key}: expected a number of seeds >= 1, got {n_seeds!r}")
     base = build_experiment(config, with_oracle="oracle" in variants)
     plan = [(v, name, exp, reported) for v in variants for name, exp, reported in variant_runs(base, v)]
     records: list[RunRecord] = []
