@@ -47,7 +47,7 @@ def _train_tiny(root: Path) -> SimpleNamespace:
         "tasks": {"expression": {"kind": "multiclass", "labels": "basic7"},
                   "au": {"kind": "multilabel", "labels": "au17"},
                   "va": {"kind": "regression", "labels": "valence_arousal", "range": [-1, 1]}},
-        "data": {"sources": [{"csv": str(root / "data.csv")}], "val": str(root / "data.csv"),
+        "data": {"sources": [{"csv": str(root / "data.csv")}], "val": {"csv": str(root / "data.csv"), "name": "val"},
                  "image_size": 32, "batch_size": 8, "eval_batch_size": 16, "num_workers": 0},
         "train": {"max_steps": 5, "val_every_steps": 5, "checkpoint_every_steps": 5},
         "optim": {"warmup_steps": 0},
