@@ -13,7 +13,7 @@ from pathlib import Path
 from distmtl.errors import DistmtlError
 
 # Modules that add their own subcommands: each defines add_parsers(subparsers).
-EXTENSION_COMMANDS = ("distmtl.inference.cli", "distmtl.inference.relatedness_cli")
+EXTENSION_COMMANDS = ("distmtl.inference.cli", "distmtl.inference.relatedness_cli", "distmtl.faces.cli")
 
 
 def cmd_train(args) -> int:
