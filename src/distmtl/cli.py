@@ -19,11 +19,12 @@ EXTENSION_COMMANDS = ("distmtl.inference.cli", "distmtl.inference.relatedness_cl
 def cmd_train(args) -> int:
     from distmtl.config import load_config
     from distmtl.training.experiment import build_experiment
-    from distmtl.training.runner import set_threads, train_experiment
+    from distmtl.training.runner import check_trainable, set_threads, train_experiment
 
     config = load_config(args.config, args.overrides)
     exp = build_experiment(config)
     if args.dry_run:
+        check_trainable(exp)
         print(describe_experiment(exp))
         return 0
     set_threads()

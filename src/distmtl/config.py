@@ -87,12 +87,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
     if not path.is_file():
         raise DistmtlError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise DistmtlError(f"{path}:{where}: YAML syntax error: {problem}") from None
+        kind = "duplicate key" if isinstance(exc, DuplicateKeyError) else "YAML syntax error"
+        raise DistmtlError(f"{path}:{where}: {kind}: {problem}") from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -102,6 +103,25 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
     config = resolve(raw)
     config["_config_path"] = str(path)
     return config
+
+
+class DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key given twice in one mapping (plain YAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise DuplicateKeyError(
+                    None, None, f"'{key}' is given twice (first on line {seen[key] + 1}); "
+                    "YAML would silently keep only the last", key_node.start_mark)
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def apply_override(raw: dict, item: str) -> None:
@@ -150,6 +170,7 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     _check_loader_options(config["data"])
     if not isinstance(config["tasks"], dict) or not config["tasks"]:
         raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
+    check_values(config)
     return config
 
 
@@ -254,3 +275,109 @@ def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
 
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- values
+# The types above let through values no run can use (batch_size: 0, lr: -0.01, on_nan: stpo);
+# these are refused here, so --dry-run and every command that reads a config refuse them too.
+
+POSITIVE_INTS = ("data.image_size", "data.batch_size", "data.eval_batch_size", "train.max_steps",
+                 "train.val_every_steps", "train.checkpoint_every_steps", "trainer.num_nodes",
+                 "trainer.accumulate_grad_batches", "trainer.log_every_n_steps")
+NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps", "optim.weight_decay",
+                "train.early_stopping_patience", "data.augment.rotation", "data.augment.color_jitter")
+CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"),
+           "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
+           "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),
+           "data.channels": (1, 3)}
+SAMPLING_MODES = ("equal", "proportional", "sqrt")
+
+
+def _at(config: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = config
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, Mapping) else None
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_values(config: Mapping[str, Any]) -> None:
+    """One line naming the key and value for every value outside what the run accepts."""
+    for key in POSITIVE_INTS:
+        value = _at(config, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise DistmtlError(f"{key}: expected a positive integer, got {value!r}")
+    for key in NON_NEGATIVE:
+        value = _at(config, key)
+        if value is not None and (not _is_number(value) or value < 0):
+            raise DistmtlError(f"{key}: expected a number >= 0, got {value!r}")
+    for key, allowed in CHOICES.items():
+        value = _at(config, key)
+        if value is not None and value not in allowed:
+            raise DistmtlError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}"
+                               f"{close_matches(str(value), map(str, allowed))}")
+    lr = _at(config, "optim.lr")
+    if not _is_number(lr) or lr <= 0:
+        raise DistmtlError(f"optim.lr: expected a number > 0, got {lr!r}")
+    devices = _at(config, "trainer.devices")
+    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
+        raise DistmtlError(f"trainer.devices: expected a positive number of devices (or -1 for all), "
+                           f"got {devices!r}")
+    _check_sampling(config)
+    _check_losses(config)
+    _check_edges(config)
+
+
+def _check_sampling(config: Mapping[str, Any]) -> None:
+    sampling, n = config["data"]["sampling"], len(config["data"]["sources"])
+    if sampling is None or sampling in SAMPLING_MODES:
+        return
+    if isinstance(sampling, list):
+        if len(sampling) != n:
+            raise DistmtlError(f"data.sampling: {len(sampling)} weights for {n} sources "
+                               f"(one weight per entry of data.sources)")
+        if not all(_is_number(w) and w >= 0 for w in sampling) or not sum(sampling) > 0:
+            raise DistmtlError(f"data.sampling: weights must be numbers >= 0, not all 0, got {sampling!r}")
+        return
+    raise DistmtlError(f"data.sampling: expected one of {', '.join(SAMPLING_MODES)} or a list of "
+                       f"weights (one per source), got {sampling!r}{close_matches(str(sampling), SAMPLING_MODES)}")
+
+
+def _check_losses(config: Mapping[str, Any]) -> None:
+    from distmtl.losses.task_losses import TASK_LOSS_OPTIONS
+
+    tasks = config["tasks"]
+    for name, options in (config["losses"] or {}).items():
+        where = f"losses.{name}"
+        if name not in tasks:
+            raise DistmtlError(f"{where}: unknown task '{name}'{close_matches(str(name), tasks)}; "
+                               f"tasks: {', '.join(map(str, tasks))}")
+        if options is None:
+            continue
+        if not isinstance(options, Mapping):
+            raise DistmtlError(f"{where}: expected a mapping of loss options, got {options!r}")
+        spec = tasks[name]
+        kind = spec.get("kind") if isinstance(spec, Mapping) else None
+        allowed = TASK_LOSS_OPTIONS.get(kind)
+        if allowed is None:
+            continue  # the task itself is refused, with its own message, when it is built
+        for key in options:
+            if key not in allowed:
+                raise DistmtlError(f"{where}.{key}: unknown loss option for a {kind} task"
+                                   f"{close_matches(str(key), allowed)}; expected one of {', '.join(allowed)}")
+        smoothing = options.get("label_smoothing")
+        if smoothing is not None and (not _is_number(smoothing) or not 0 <= smoothing < 1):
+            raise DistmtlError(f"{where}.label_smoothing: expected a number in [0, 1), got {smoothing!r}")
+
+
+def _check_edges(config: Mapping[str, Any]) -> None:
+    from distmtl.losses.graph import EdgeConfig
+
+    for i, edge in enumerate(config["relatedness"]):
+        spec = {k: edge[k] for k in ("coannotation", "dm_a_to_b", "dm_b_to_a", "eps")}
+        EdgeConfig.from_dict(spec, f"relatedness[{i}]")

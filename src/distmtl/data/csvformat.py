@@ -145,6 +145,7 @@ def read_csv_source(
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise DistmtlError(f"{path}: not a readable CSV ({str(exc).splitlines()[0]})") from None
     frame.columns = [c.strip() for c in frame.columns]
+    _check_header(path, tasks, rename)
     if rename:
         frame = frame.rename(columns=dict(rename))
     if "image" not in frame.columns:
@@ -231,6 +232,40 @@ def read_csv_source(
     if len(out) == 0:
         raise DistmtlError(f"{path}: no valid rows left after skipping {n_bad} bad rows")
     return LoadedSource(name=name or path.stem, frame=out, skipped=n_bad, notes=notes)
+
+
+OPTIONAL_COLUMNS = ("image", "subject", "split", "fold")
+
+
+def _check_header(path: Path, tasks: Mapping[str, Task], rename: Mapping[str, str] | None) -> None:
+    """A column given twice, or in another case than a task's label, is an error (either would
+    drop labels without a word); columns that no configured task reads get a warning naming them."""
+    import csv
+
+    with open(path, newline="", encoding="utf-8", errors="replace") as handle:
+        header = [c.strip() for c in next(csv.reader(handle), [])]
+    seen: dict[str, int] = {}
+    for i, column in enumerate(header, 1):
+        if column in seen:
+            raise DistmtlError(f"{path}: line 1: column '{column}' is given twice (columns {seen[column]} "
+                               f"and {i}); only one would be read")
+        seen[column] = i
+    known = set(OPTIONAL_COLUMNS)
+    for task in tasks.values():
+        known.update(task_columns(task) + soft_columns(task))
+    by_lower = {k.lower(): k for k in known}
+    ignored = []
+    for column in header:
+        name = (rename or {}).get(column, column)
+        if name in known:
+            continue
+        if name.lower() in by_lower:
+            raise DistmtlError(f"{path}: line 1: column '{column}' is not '{by_lower[name.lower()]}' "
+                               f"(column names are case-sensitive; rename the column)")
+        ignored.append(column)
+    if ignored:
+        log.warning("%s: ignored %d column%s that no configured task reads: %s", path, len(ignored),
+                    "s" if len(ignored) > 1 else "", ", ".join(f"'{c}'" for c in ignored))
 
 
 STAT_CHUNK = 2048

@@ -54,11 +54,41 @@ def load_image(path: str | Path, channels: int) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            return img.convert("L" if channels == 1 else "RGB")
+            return image_from_pil(img, channels, path)
     except FileNotFoundError:
         raise DistmtlError(f"{path}: image file not found") from None
     except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
         raise DistmtlError(f"{path}: cannot decode image: {_decode_problem(path, exc)}") from None
+
+
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def image_from_pil(img: Image.Image, channels: int, path: str | Path) -> Image.Image:
+    """Any Pillow image in the model's colour mode (``L`` or ``RGB``), 8 bits per channel.
+
+    Pillow's own ``convert`` clips wider samples to 255 (a 16-bit PNG becomes all white), so 16-bit
+    and 32-bit integer images are scaled from their 0-65535 range, float images from 0-1; values
+    outside those ranges, and modes Pillow cannot convert, are refused naming the file and mode.
+    """
+    mode = img.mode
+    target = "L" if channels == 1 else "RGB"
+    if mode in SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+        top = 1.0 if mode == "F" else 65535.0
+        if not (np.isfinite(values).all() and low >= 0 and high <= top):
+            raise DistmtlError(f"{path}: image mode {mode} with values {low:g}..{high:g} outside 0..{top:g}; "
+                               f"convert it to 8-bit RGB or grayscale")
+        gray = Image.fromarray(np.rint(values * (255.0 / top)).astype(np.uint8), "L")
+        return gray.convert(target)
+    if mode in ("La", "RGBa"):  # premultiplied alpha: Pillow converts these only to their plain forms
+        img = img.convert(mode.replace("a", "A"))
+    try:
+        return img.convert(target)
+    except ValueError as exc:
+        raise DistmtlError(f"{path}: image mode {mode} cannot be converted to {target} ({exc}); "
+                           f"convert it to 8-bit RGB or grayscale") from None
 
 
 def image_problem(path: str | Path) -> str | None:

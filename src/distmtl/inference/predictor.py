@@ -52,7 +52,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from distmtl.data.transforms import Preprocessing, array_to_image, eval_transform, load_image
+from distmtl.data.transforms import Preprocessing, array_to_image, eval_transform, image_from_pil, load_image
 from distmtl.errors import DistmtlError
 from distmtl.tasks import Task
 
@@ -159,7 +159,7 @@ class InputDataset(Dataset):
         if isinstance(payload, Path):
             return load_image(payload, self.pre.channels)
         if isinstance(payload, Image.Image):
-            return payload.convert("L" if self.pre.channels == 1 else "RGB")
+            return image_from_pil(payload, self.pre.channels, item.name)
         return array_to_image(payload, self.pre.channels)
 
     def load(self, i: int):

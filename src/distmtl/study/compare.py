@@ -23,7 +23,7 @@ from distmtl.evaluation.metrics import PRIMARY_METRIC
 from distmtl.training.experiment import Edge, Experiment, build_experiment
 from distmtl.io import atomic_write_text
 from distmtl.study.report import RunRecord, format_table, summarise, write_results
-from distmtl.training.runner import train_experiment
+from distmtl.training.runner import check_trainable, train_experiment
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,11 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
         raise DistmtlError(f"{key}: expected a number of seeds >= 1, got {n_seeds!r}")
     base = build_experiment(config, with_oracle="oracle" in variants)
     plan = [(v, name, exp, reported) for v in variants for name, exp, reported in variant_runs(base, v)]
+    for _, name, exp, _ in plan:  # every run's options, before the first one trains
+        try:
+            check_trainable(exp)
+        except DistmtlError as exc:
+            raise DistmtlError(f"compare run '{name}': {exc}") from None
     records: list[RunRecord] = []
     total = len(plan) * n_seeds
     done = 0

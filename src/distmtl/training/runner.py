@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -56,7 +57,9 @@ def resolve_pos_weights(exp: Experiment, cap: float = 10.0) -> dict:
         if not isinstance(options, dict) or options.get("pos_weight") != "auto":
             continue
         task = exp.tasks.get(name)
-        if task is None or task.kind != "multilabel":
+        if task is None:  # a run of a subset of the tasks (compare's single-task models)
+            continue
+        if task.kind != "multilabel":
             raise DistmtlError(f"losses.{name}.pos_weight: 'auto' needs a multilabel task")
         pos = np.zeros(task.num_outputs)
         neg = np.zeros(task.num_outputs)
@@ -91,6 +94,19 @@ def source_caps(config: dict) -> dict[str, float]:
 
     return {source_label(s): s["max_repeats"] for s in config["data"]["sources"]
             if isinstance(s, dict) and s.get("max_repeats") is not None}
+
+
+def check_trainable(exp: Experiment, train_sources=None) -> None:
+    """Build what training builds (module, optimiser, batch sampler), without pretrained weights,
+    so that ``--dry-run`` and ``compare`` refuse up front every value the run itself would refuse."""
+    from distmtl.data.sampler import source_weights
+
+    sources = train_sources if train_sources is not None else exp.train_sources
+    source_weights([len(s) for s in sources], exp.config["data"]["sampling"] or "equal")
+    config = copy.deepcopy(exp.config)
+    config["model"]["pretrained"] = False
+    module = module_from_experiment(dataclasses.replace(exp, config=config))
+    module.configure_optimizers()
 
 
 def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -> L.Trainer:
