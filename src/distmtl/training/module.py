@@ -69,6 +69,7 @@ class MultiTaskModule(L.LightningModule):
             options.setdefault("feature_dim", self.net.num_features)
         self.weighting = create_weighting(w["name"], list(self.tasks), **options)
         self.nan_skipped = 0
+        self._nonfinite = None
         self._eval_store: dict[str, list] = {}
 
     # ----- training -----
@@ -80,24 +81,39 @@ class MultiTaskModule(L.LightningModule):
         return 1.0 if ramp <= 0 else min(1.0, self.global_step / ramp)
 
     def compute_losses(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The batch's total loss and what to log.
+
+        Only the tasks with at least one label in the batch reach the weighting: a task absent
+        from the batch contributes nothing and takes no part in the strategy's statistics (its
+        masked loss would be a 0 that reads as a perfectly learnt task). When a loss or a
+        coupling term is not finite (``train.on_nan: skip``), the weighting is not called at all,
+        so strategies that train their own parameters never step on that batch.
+        """
+        self._nonfinite = None
         targets, masks = batch["targets"], batch["masks"]
         id_targets = {t: targets[t] for t, task in self.tasks.items() if task.kind == "identity"}
         outputs, features = self.net(batch["image"], id_targets)
-        losses = {t: task_loss(task, outputs[t], targets[t], masks[t], **self.loss_options[t])
-                  for t, task in self.tasks.items()}
+        present = [t for t in self.tasks if bool(masks[t].any())]
+        losses = {t: task_loss(self.tasks[t], outputs[t], targets[t], masks[t], **self.loss_options[t])
+                  for t in present}
         self._check_finite(losses, "task loss")
-        kwargs = {}
-        if self.weighting.needs_features:
-            kwargs["features"] = features
-        if self.weighting.needs_shared_parameters:
-            kwargs["shared_parameters"] = self.net.last_shared_parameters()
-        total = self.weighting(losses, **kwargs)
         terms = self.graph(outputs, targets, masks, dm_scale=self.dm_scale()) if len(self.graph.edges) else {}
         self._check_finite(terms, "coupling term")
-        for value in terms.values():
-            total = total + value
         logged = {f"loss/{t}": v.detach() for t, v in losses.items()}
         logged.update({f"term/{k}": v.detach() for k, v in terms.items()})
+        if self._nonfinite is not None:
+            return torch.tensor(float("nan"), device=features.device), logged
+        if losses:
+            kwargs = {}
+            if self.weighting.needs_features:
+                kwargs["features"] = features
+            if self.weighting.needs_shared_parameters:
+                kwargs["shared_parameters"] = self.net.last_shared_parameters()
+            total = self.weighting(losses, **kwargs)
+        else:  # no task labelled in this batch: only the coupling terms (if any) train
+            total = sum(o.sum() for o in outputs.values()) * 0.0
+        for value in terms.values():
+            total = total + value
         return total, logged
 
     def _check_finite(self, values: Mapping[str, torch.Tensor], what: str) -> None:
@@ -109,7 +125,6 @@ class MultiTaskModule(L.LightningModule):
                                        f"{self.global_step} (set train.on_nan: skip to skip such batches)")
 
     def training_step(self, batch, batch_idx):
-        self._nonfinite = None
         total, logged = self.compute_losses(batch)
         if self._nonfinite is not None or not torch.isfinite(total):
             self.nan_skipped += 1

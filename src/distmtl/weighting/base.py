@@ -229,10 +229,19 @@ class SelfOptimizingWeighting(WeightingStrategy):
 
         The gradient is taken with ``torch.autograd.grad`` on the strategy's parameters only, so
         nothing reaches the network's ``.grad``; gradients already in the strategy's ``.grad``
-        (from a network loss that was not detached) are added to it, then cleared.
+        (from a network loss that was not detached) are added to it, then cleared. A
+        non-finite objective or gradient skips the step (the parameters stay as they are).
         """
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
+        if not torch.isfinite(objective.detach()).all():
+            for p in params:
+                p.grad = None
+            return  # a NaN step would leave every later weight NaN
         grads = torch.autograd.grad(objective, params, allow_unused=True)
+        if any(g is not None and not torch.isfinite(g).all() for g in grads):
+            for p in params:
+                p.grad = None
+            return
         for p, g in zip(params, grads):
             if g is not None:
                 p.grad = g if p.grad is None else p.grad + g

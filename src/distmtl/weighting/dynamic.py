@@ -1,6 +1,6 @@
 """Dynamic multi-task weighting (Ming et al. 2019), with two fixes.
 
-Ming, Zhang, Xu, Xia, Wang, Zhao: "Dynamic Multi-Task Learning for Face Recognition with Facial
+Ming, Xia, Luqman, Burie, Zhao: "Dynamic Multi-Task Learning for Face Recognition with Facial
 Expression", ICCV Workshops 2019.
 """
 
@@ -44,8 +44,10 @@ class DynamicWeighting(SelfOptimizingWeighting):
        the network's backward leaves in the weight layer's ``.grad`` is applied by the strategy's
        optimiser together with the weight-layer loss at its next step.
 
-    Absent tasks take no part in either loss (the weights of the present tasks then sum to less
-    than 1). The weight layer runs in float32 outside autocast.
+    Absent tasks take no part in either loss: the network loss uses the present tasks' weights
+    (which then sum to less than 1), and the weight-layer loss renormalises the softmax over the
+    present tasks, so no weight moves to or from an absent task; a batch with one task present
+    (or a non-finite loss) leaves the weight layer unchanged. The weight layer runs in float32 outside autocast.
     """
 
     name: ClassVar[str] = "dynamic"
@@ -121,7 +123,12 @@ class DynamicWeighting(SelfOptimizingWeighting):
             counting = self.initial_loss_count[index] < self.init_steps
             self.initial_loss_sum[index] += torch.where(counting, losses, torch.zeros_like(losses))
             self.initial_loss_count[index] += counting.long()
+        if index.numel() < 2 or not torch.isfinite(losses).all():
+            return  # one task present: no weight to move between tasks
         coefficients = 1.0 / (self.normalized_losses(index, losses) + self.sigma)
         with torch.enable_grad():
-            weights = self._task_weights(h)
-            self._optimizer_step((weights[index] * coefficients).sum())
+            # the present tasks' weights renormalised among themselves: an absent task (no
+            # coefficient) would otherwise look like the cheapest place to put weight
+            logits = F.linear(h, self.weight_layer.weight, self.weight_layer.bias)[:, index]
+            weights = torch.softmax(logits, dim=1).mean(dim=0)
+            self._optimizer_step((weights * coefficients).sum())

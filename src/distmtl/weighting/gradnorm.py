@@ -30,7 +30,10 @@ class GradNormWeighting(SelfOptimizingWeighting):
     network's own backward works afterwards and nothing is written to the network's ``.grad``.
     Because ``w_i`` is a scalar, ``grad_w L_grad`` only needs ``||grad_W L_i||`` as a constant:
     no second-order graph is built. When tasks are absent from a batch, the quantities above
-    are computed over the tasks present. Steps whose shared parameters do not require grad
+    are computed over the tasks present, the weights of the absent tasks are left as they are,
+    and the present ones are renormalised to the share of ``T`` the absent ones leave;
+    ``L_i(0)`` is the first loss of task ``i`` in a batch that has it; a batch with a single
+    task present, or with a non-finite loss, leaves the weights unchanged. Steps whose shared parameters do not require grad
     (e.g. a frozen backbone) leave the weights unchanged. Options: ``alpha`` (default 1.5),
     ``lr`` (default 0.025).
     """
@@ -65,6 +68,10 @@ class GradNormWeighting(SelfOptimizingWeighting):
         shared = [p for p in shared if p.requires_grad]
         if not shared or not torch.is_grad_enabled() or not losses.requires_grad:
             return
+        if not torch.isfinite(losses.detach()).all():
+            return  # a non-finite loss would make every later weight NaN
+        if index.numel() < 2:
+            return  # one task present: nothing to balance (and L(0) of the others stays unset)
         with torch.no_grad():
             initial = self.initial_losses[index]
             self.initial_losses[index] = torch.where(torch.isnan(initial), losses.detach(), initial)
@@ -82,7 +89,14 @@ class GradNormWeighting(SelfOptimizingWeighting):
             relative = ratio / ratio.mean().clamp_min(_TINY)
             target = grad_norms.mean() * relative.pow(self.alpha)
         grad_loss = (grad_norms - target).abs().sum()
+        absent = torch.ones(self.num_tasks, dtype=torch.bool, device=index.device)
+        absent[index] = False
+        kept = self.task_weights.detach()[absent].clone()
         self._optimizer_step(grad_loss)
         with torch.no_grad():
-            self.task_weights.clamp_(min=_MIN_WEIGHT)
-            self.task_weights.mul_(self.num_tasks / self.task_weights.sum())
+            # Adam's momentum would move the weights of absent tasks too: they keep their value,
+            # and the present ones are rescaled to the share of T the absent ones leave.
+            self.task_weights[absent] = kept
+            self.task_weights[index] = self.task_weights[index].clamp(min=_MIN_WEIGHT)
+            share = (self.num_tasks - kept.sum()).clamp_min(_MIN_WEIGHT * index.numel())
+            self.task_weights[index] *= share / self.task_weights[index].sum()
