@@ -48,6 +48,7 @@ DEFAULTS: dict[str, Any] = {
         "skip_bad_rows": False,
         "check_images": ANY,  # exists (default, also true) | decode | none (also false); per source too
         "cache_images": False,  # decode every image once into RAM (small datasets only)
+        "augment_on": "auto",  # auto (follows the accelerator) | device | workers
         "augment": {"flip": True, "crop_scale": [0.85, 1.0], "rotation": 0.0, "color_jitter": 0.0},
     },
     "relatedness": ANY,  # list of edges, see EDGE_DEFAULTS
@@ -206,6 +207,13 @@ def _check_loader_options(data: dict) -> None:
     if data["num_workers"] is not None and (data["num_workers"] < 0):
         raise DistmtlError(f"data.num_workers: expected 0 or more, got {data['num_workers']!r}")
     _check_max_repeats(data["max_repeats"], "data.max_repeats")
+    from distmtl.data.augment import AUGMENT_ON
+
+    where = str(data["augment_on"]).strip().lower()
+    if where not in AUGMENT_ON:
+        raise DistmtlError(f"data.augment_on: expected one of {', '.join(AUGMENT_ON)}, got {data['augment_on']!r}"
+                           f"{close_matches(where, AUGMENT_ON)}")
+    data["augment_on"] = where
 
 
 def _check_max_repeats(value: Any, where: str) -> None:

@@ -12,7 +12,8 @@ from distmtl.data.csvformat import EncodedSource
 from distmtl.data.mixing import SourceMix, source_mix
 from distmtl.data.sampler import MultiSourceBatchSampler
 from distmtl.data.sources import MultiSourceDataset, SourceDataset
-from distmtl.data.transforms import Augmentation, Preprocessing, eval_transform, train_transform
+from distmtl.data.augment import DecodeResize, FusedAugment
+from distmtl.data.transforms import Augmentation, Preprocessing, eval_transform
 
 
 class MultiSourceDataModule(L.LightningDataModule):
@@ -35,6 +36,7 @@ class MultiSourceDataModule(L.LightningDataModule):
         max_repeats: Sequence[float | None] | None = None,
         run_batches: int | None = None,
         report: bool = True,
+        augment_on: str = "workers",
     ):
         super().__init__()
         self.train_sources = list(train_sources)
@@ -51,8 +53,12 @@ class MultiSourceDataModule(L.LightningDataModule):
         self.run_batches = run_batches
         self.report = report
         self.mix: SourceMix | None = None
+        # "device": workers decode and resize, the module augments the batch on the training device
+        # (MultiTaskModule.on_after_batch_transfer); "workers": the fused per-image augmentation
+        self.augment_on = augment_on
+        transform = DecodeResize(preprocessing) if augment_on == "device" else FusedAugment(preprocessing, augmentation)
         self.train_set = MultiSourceDataset(
-            [SourceDataset(s, train_transform(preprocessing, augmentation), preprocessing.channels)
+            [SourceDataset(s, transform, preprocessing.channels, draft_size=preprocessing.size)
              for s in self.train_sources], seed=seed)
         self.sampler = MultiSourceBatchSampler(
             self.train_set.sizes, batch_size, ratios=sampling, epoch_batches=epoch_batches, seed=seed)

@@ -20,10 +20,12 @@ class SourceDataset(Dataset):
     every source of one experiment the same tasks, so default collation works across sources.
     """
 
-    def __init__(self, source: EncodedSource, transform: Callable, channels: int):
+    def __init__(self, source: EncodedSource, transform: Callable, channels: int,
+                 draft_size: int | None = None):
         self.source = source
-        self.transform = transform
+        self.transform = transform  # returns the image tensor, or a dict of item fields ("image", "aug")
         self.channels = channels
+        self.draft_size = draft_size  # training: JPEGs decode at a reduced DCT scale covering this
         self._targets = {t: torch.from_numpy(v) for t, v in source.targets.items()}
         self._masks = {t: torch.from_numpy(v) for t, v in source.masks.items()}
         # a source restricted to some tasks (dataclasses.replace of targets/masks) keeps all groups
@@ -41,15 +43,17 @@ class SourceDataset(Dataset):
                 tensor = torch.from_numpy(np.ascontiguousarray(array))
                 return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
             return array_to_image(array, self.channels)
-        return load_image(ref, self.channels)
+        return load_image(ref, self.channels, self.draft_size)
 
     def __getitem__(self, i: int) -> dict:
-        return {
-            "image": self.transform(self.decode(i)),
+        out = self.transform(self.decode(i))
+        item = {
             "targets": {t: v[i] for t, v in self._targets.items()},
             "masks": {t: v[i] for t, v in self._masks.items()},
             "groups": {t: v[i] for t, v in self._groups.items()},
         }
+        item.update(out if isinstance(out, dict) else {"image": out})
+        return item
 
 
 class MultiSourceDataset(Dataset):

@@ -44,15 +44,21 @@ class Augmentation:
     extra: Mapping[str, float] = field(default_factory=dict)
 
 
-def load_image(path: str | Path, channels: int) -> Image.Image:
+def load_image(path, channels: int, draft_size: int | None = None) -> Image.Image:
     """Decode an image file; a missing, empty, truncated or non-image file gives a one-line error.
 
+    ``path`` may also be the file's encoded bytes (a shard's record). With ``draft_size`` a JPEG is
+    decoded at the smallest DCT scale that still covers ``draft_size`` pixels a side (training).
     The error names the file; it stays one line also when raised in a DataLoader worker (the CLI
     prints the worker's message as ``error: <file>: cannot decode image: <why>``).
     """
+    if isinstance(path, (bytes, bytearray, memoryview)):
+        return _load_bytes(bytes(path), channels, draft_size)
     path = Path(path)
     try:
         with Image.open(path) as img:
+            if draft_size and img.format == "JPEG":
+                img.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
             img.load()
             return image_from_pil(img, channels, path)
     except FileNotFoundError:
@@ -89,6 +95,19 @@ def image_from_pil(img: Image.Image, channels: int, path: str | Path) -> Image.I
     except ValueError as exc:
         raise DistmtlError(f"{path}: image mode {mode} cannot be converted to {target} ({exc}); "
                            f"convert it to 8-bit RGB or grayscale") from None
+
+
+def _load_bytes(data: bytes, channels: int, draft_size: int | None) -> Image.Image:
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            if draft_size and img.format == "JPEG":
+                img.draft("L" if channels == 1 else "RGB", (draft_size, draft_size))
+            img.load()
+            return image_from_pil(img, channels, "image bytes")
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
+        raise DistmtlError(f"cannot decode image ({len(data)} bytes): {' '.join(str(exc).split())}") from None
 
 
 def image_problem(path: str | Path) -> str | None:
@@ -139,19 +158,6 @@ def _finish(pre: Preprocessing) -> list:
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
     return v2.Compose([v2.Resize((pre.size, pre.size), antialias=True), *_finish(pre)])
-
-
-def train_transform(pre: Preprocessing, aug: Augmentation) -> v2.Compose:
-    steps: list = [v2.RandomResizedCrop((pre.size, pre.size), scale=tuple(aug.crop_scale),
-                                        ratio=(0.95, 1.05), antialias=True)]
-    if aug.flip:
-        steps.append(v2.RandomHorizontalFlip())
-    if aug.rotation:
-        steps.append(v2.RandomRotation(aug.rotation))
-    if aug.color_jitter:
-        j = aug.color_jitter
-        steps.append(v2.ColorJitter(brightness=j, contrast=j, saturation=j if pre.channels == 3 else 0))
-    return v2.Compose([*steps, *_finish(pre)])
 
 
 def preprocess(image: Image.Image, pre: Preprocessing) -> torch.Tensor:

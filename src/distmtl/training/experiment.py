@@ -43,9 +43,27 @@ class Experiment:
 
     @property
     def augmentation(self) -> Augmentation:
-        aug = self.config["data"]["augment"]
-        return Augmentation(flip=aug["flip"], crop_scale=tuple(aug["crop_scale"]),
-                            rotation=aug["rotation"], color_jitter=aug["color_jitter"])
+        return augmentation_from_config(self.config)
+
+
+def augmentation_from_config(config: dict) -> Augmentation:
+    aug = config["data"]["augment"]
+    return Augmentation(flip=aug["flip"], crop_scale=tuple(aug["crop_scale"]),
+                        rotation=aug["rotation"], color_jitter=aug["color_jitter"])
+
+
+def augment_on(config: dict) -> str:
+    """Where training augmentation runs: ``device`` (batched, after the batch reaches the
+    accelerator) or ``workers`` (fused, per image); ``auto`` follows the accelerator."""
+    choice = config["data"].get("augment_on") or "auto"
+    if choice != "auto":
+        return choice
+    accelerator = str(config["trainer"]["accelerator"]).lower()
+    if accelerator == "cpu":
+        return "workers"
+    import torch
+
+    return "device" if torch.cuda.is_available() else "workers"
 
 
 def preprocessing_from_config(config: dict) -> Preprocessing:

@@ -76,6 +76,18 @@ class MultiTaskModule(L.LightningModule):
     def forward(self, x):
         return self.net(x)
 
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """A batch of the ``device`` augmentation path (uint8 images + per-sample numbers) becomes
+        model input here, on the training device, in one batched step."""
+        if isinstance(batch, dict) and "aug" in batch:
+            from distmtl.data.augment import augment_batch
+            from distmtl.training.experiment import augmentation_from_config, preprocessing_from_config
+
+            params = batch.pop("aug")
+            batch["image"] = augment_batch(batch["image"], params, augmentation_from_config(self.config),
+                                           preprocessing_from_config(self.config))
+        return batch
+
     def dm_scale(self) -> float:
         ramp = int(self.config["train"]["dm_ramp_steps"] or 0)
         return 1.0 if ramp <= 0 else min(1.0, self.global_step / ramp)

@@ -21,7 +21,7 @@ from distmtl.config import dump_config
 from distmtl.training.curves import write_training_curves
 from distmtl.data.datamodule import MultiSourceDataModule
 from distmtl.errors import DistmtlError
-from distmtl.training.experiment import Experiment, build_experiment
+from distmtl.training.experiment import Experiment, augment_on, build_experiment
 from distmtl.io import atomic_write, atomic_write_text
 from distmtl.training.module import MultiTaskModule
 
@@ -85,7 +85,7 @@ def datamodule_from_experiment(exp: Experiment, train_sources=None, *, report: b
         persistent_workers=data.get("persistent_workers", True),
         max_repeats=[caps.get(s.name, data.get("max_repeats")) for s in sources],
         run_batches=int(t["max_steps"]) * int(exp.config["trainer"]["accumulate_grad_batches"] or 1),
-        report=report)
+        report=report, augment_on=augment_on(exp.config))
 
 
 def source_caps(config: dict) -> dict[str, float]:

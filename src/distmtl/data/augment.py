@@ -1,0 +1,170 @@
+"""Training augmentation as parameters drawn per sample, applied as one warp and one colour step.
+
+Every training sample draws ``N_PARAMS`` uniform numbers from the generator its dataset seeded with
+(seed, epoch, sample), so what a sample looks like depends on nothing else: not the worker count,
+not the prefetching, not where the run was resumed. The numbers then drive one of two equivalent
+paths:
+
+- ``device`` (a GPU run): workers only decode and resize to ``size`` x ``size`` uint8
+  (:class:`DecodeResize`); :func:`augment_batch` turns the whole batch into model inputs on the
+  training device: one ``affine_grid``/``grid_sample`` for the random resized crop, flip and
+  rotation, then brightness, contrast and saturation and the normalisation, all batched.
+- ``workers`` (a CPU run, where the device is the training core): :class:`FusedAugment` does the
+  same per image in the worker, cheaply: one PIL affine warp from the decoded image straight to
+  the output size (crop + flip + rotation in one resampling), a 256-entry lookup table for
+  brightness and contrast, a blend for saturation.
+
+The colour steps run in a fixed order (brightness, contrast, saturation); the crop's aspect ratio
+is drawn log-uniformly in [0.95, 1.05], as the previous chain of transforms drew it. Areas outside
+the rotated crop are black (0), as a rotation's fill was.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from distmtl.data.transforms import Augmentation, Preprocessing
+
+AUGMENT_ON = ("auto", "device", "workers")  # the data.augment_on choices
+N_PARAMS = 9  # crop area, aspect, centre x, centre y; flip; angle; brightness, contrast, saturation
+ASPECT = (0.95, 1.05)
+GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as PIL's convert("L") and torchvision use
+
+
+def draw_params() -> torch.Tensor:
+    """One sample's augmentation numbers, from torch's default (per-sample seeded) generator."""
+    return torch.rand(N_PARAMS)
+
+
+def affine_theta(params: torch.Tensor, aug: Augmentation) -> torch.Tensor:
+    """``[B, 2, 3]`` maps from output to input coordinates (normalised to [-1, 1], as ``affine_grid``)."""
+    p = params.to(torch.float64)
+    lo, hi = (float(v) for v in aug.crop_scale)
+    area = lo + (hi - lo) * p[:, 0]
+    log_r = math.log(ASPECT[0]) + (math.log(ASPECT[1]) - math.log(ASPECT[0])) * p[:, 1]
+    ratio = torch.exp(log_r)
+    w = torch.sqrt(area * ratio).clamp(max=1.0)  # half-extent of the crop, as a fraction of the side
+    h = torch.sqrt(area / ratio).clamp(max=1.0)
+    cx = (1 - w) * (2 * p[:, 2] - 1)
+    cy = (1 - h) * (2 * p[:, 3] - 1)
+    flip = torch.where(p[:, 4] < 0.5, -1.0, 1.0).to(torch.float64) if aug.flip else torch.ones_like(w)
+    angle = torch.deg2rad(float(aug.rotation) * (2 * p[:, 5] - 1))
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    theta = torch.stack([torch.stack([w * flip * cos, -w * flip * sin, cx], 1),
+                         torch.stack([h * sin, h * cos, cy], 1)], 1)
+    return theta
+
+
+def colour_factors(params: torch.Tensor, aug: Augmentation) -> torch.Tensor:
+    """``[B, 3]`` brightness, contrast and saturation factors in [1 - j, 1 + j]."""
+    j = float(aug.color_jitter)
+    return 1 + j * (2 * params[:, 6:9].to(torch.float64) - 1)
+
+
+def augment_batch(images: torch.Tensor, params: torch.Tensor, aug: Augmentation, pre: Preprocessing) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` (any H, W) to normalised float ``[B, C, size, size]`` on ``images``' device."""
+    x = images.float().div_(255)
+    b, c = x.shape[:2]
+    theta = affine_theta(params.cpu(), aug).to(device=x.device, dtype=x.dtype)
+    grid = F.affine_grid(theta, [b, c, pre.size, pre.size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    if aug.color_jitter:
+        factors = colour_factors(params.cpu(), aug).to(device=x.device, dtype=x.dtype)
+        x = (x * factors[:, 0, None, None, None]).clamp_(0, 1)
+        mean = _gray(x).mean(dim=(1, 2, 3), keepdim=True)
+        x = ((x - mean) * factors[:, 1, None, None, None] + mean).clamp_(0, 1)
+        if c == 3:
+            gray = _gray(x)
+            x = ((x - gray) * factors[:, 2, None, None, None] + gray).clamp_(0, 1)
+    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+    std = torch.tensor(pre.std, device=x.device, dtype=x.dtype)[None, :, None, None]
+    return (x - mean) / std
+
+
+def to_model_input(images: torch.Tensor, pre: Preprocessing) -> torch.Tensor:
+    """uint8 ``[B, C, H, W]`` to normalised float, no augmentation."""
+    x = images.float().div_(255)
+    mean = torch.tensor(pre.mean, device=x.device, dtype=x.dtype)[None, :, None, None]
+    std = torch.tensor(pre.std, device=x.device, dtype=x.dtype)[None, :, None, None]
+    return (x - mean) / std
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[1] == 1:
+        return x
+    r, g, b = x.unbind(1)
+    return (GRAY[0] * r + GRAY[1] * g + GRAY[2] * b)[:, None]
+
+
+def as_uint8_tensor(image: Image.Image) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(image))  # a writable copy
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+
+
+class DecodeResize:
+    """Worker side of the ``device`` path: the decoded image resized to size x size, uint8, and the
+    sample's augmentation numbers (applied later by :func:`augment_batch`)."""
+
+    def __init__(self, pre: Preprocessing):
+        self.pre = pre
+
+    def __call__(self, image) -> dict:
+        s = self.pre.size
+        if isinstance(image, torch.Tensor):  # cached pixels, already in the model's colour mode
+            tensor = image
+            if tensor.shape[1:] != (s, s):
+                tensor = F.interpolate(tensor[None].float(), size=(s, s), mode="bilinear",
+                                       antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
+        else:
+            if image.size != (s, s):
+                image = image.resize((s, s), Image.BILINEAR, reducing_gap=2.0)
+            tensor = as_uint8_tensor(image)
+        return {"image": tensor, "aug": draw_params()}
+
+
+class FusedAugment:
+    """Worker side of the ``workers`` path: one affine warp + one lookup table per image."""
+
+    def __init__(self, pre: Preprocessing, aug: Augmentation):
+        self.pre, self.aug = pre, aug
+        self.mean = torch.tensor(pre.mean)[:, None, None]
+        self.std = torch.tensor(pre.std)[:, None, None]
+
+    def __call__(self, image) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):  # cached pixels
+            array = image.permute(1, 2, 0).numpy()
+            image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+        params = draw_params()[None]
+        s = self.pre.size
+        width, height = image.size
+        reduce = min(width, height) // (2 * s)
+        if reduce >= 2:  # a box reduction first, so the bilinear warp never skips source pixels
+            image = image.reduce(reduce)
+            width, height = image.size
+        t = affine_theta(params, self.aug)[0].tolist()
+        coeffs = (width / s * t[0][0], width / s * t[0][1], width / 2 * (t[0][2] + 1 - t[0][0] - t[0][1]),
+                  height / s * t[1][0], height / s * t[1][1], height / 2 * (t[1][2] + 1 - t[1][0] - t[1][1]))
+        image = image.transform((s, s), Image.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=0)
+        if self.aug.color_jitter:
+            image = self._colour(image, colour_factors(params, self.aug)[0].tolist())
+        x = as_uint8_tensor(image).float().div_(255)
+        return (x - self.mean) / self.std
+
+    @staticmethod
+    def _colour(image: Image.Image, factors: list[float]) -> Image.Image:
+        bright, contrast, saturation = factors
+        levels = np.arange(256, dtype=np.float64)
+        after_b = np.clip(levels * bright, 0, 255)
+        gray = image if image.mode == "L" else image.convert("L")
+        hist = np.asarray(gray.histogram(), dtype=np.float64)
+        mean = float((hist * after_b).sum() / max(1.0, hist.sum()))
+        lut = np.clip((after_b - mean) * contrast + mean, 0, 255).round().astype(np.uint8).tolist()
+        image = image.point(lut * len(image.getbands()))
+        if image.mode == "RGB" and saturation != 1.0:
+            image = Image.blend(image.convert("L").convert("RGB"), image, saturation)
+        return image
