@@ -170,7 +170,7 @@ def test_write_results_files(tmp_path):
     assert "## expr" in md and "## au" in md
     for name in ("single-task", "plain MTL", "+co-annotation", "+both", "oracle", "uw"):
         assert f"| {name} |" in md
-    assert "| +co-annotation | 0.7100 ± 0.0141 | 2 | 0.500 |" in md
+    assert "| +co-annotation | 0.7100 ± 0.0141 | 2 | - | - | 0.500 |" in md
     # +co-annotation and +both beat single-task on both tasks (au: 0.42 vs 0.31, spread 0.028);
     # uw beats it on expr only and shows negative transfer on au; plain MTL loses on expr
     summary_line = next(line for line in md.splitlines() if line.startswith("- Beat"))

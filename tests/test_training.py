@@ -165,7 +165,7 @@ def test_each_epoch_draws_a_new_order_under_lightning(files, tmp_path):
 
 
 def test_compare_resumes_an_interrupted_run_from_its_last_checkpoint(files, tmp_path, monkeypatch):
-    import distmtl.study.compare as study
+    import distmtl.study.parallel as parallel
 
     config = resolve(raw_config(files, max_steps=8, val_every_steps=8))
     run_compare(config, tmp_path, seeds=1, variants=["mtl"], progress=False)
@@ -175,13 +175,13 @@ def test_compare_resumes_an_interrupted_run_from_its_last_checkpoint(files, tmp_
     (run_dir / "run.json").write_text(json.dumps(dict(marker, status="started")))  # as if killed
     (run_dir / "metrics.json").unlink()
     calls = []
-    original = study.train_experiment
+    original = parallel.train_experiment
 
     def spy(*args, **kwargs):
         calls.append(kwargs.get("resume"))
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(study, "train_experiment", spy)
+    monkeypatch.setattr(parallel, "train_experiment", spy)
     run_compare(config, tmp_path, seeds=1, variants=["mtl"], progress=False)
     assert calls == [True]
     again = json.loads((run_dir / "metrics.json").read_text())

@@ -96,7 +96,7 @@ def cmd_compare(args) -> int:
     set_threads()
     out = Path(args.out or config["output"]["dir"] or Path("runs") / f"{config['name']}_compare")
     result = run_compare(config, out, seeds=args.seeds, variants=args.variants,
-                         progress=False if args.quiet else None)
+                         progress=False if args.quiet or args.jobs > 1 else None, jobs=args.jobs)
     print()
     print(result["table"])
     print(f"\nresults: {', '.join(str(p) for p in result['paths'].values())}")
@@ -171,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out")
     p.add_argument("--variants", nargs="+")
     p.add_argument("--quiet", action="store_true", help="no per-run progress bars")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="runs trained at once, each in its own process with cores/jobs threads")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.set_defaults(func=cmd_compare)
 

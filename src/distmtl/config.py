@@ -58,7 +58,10 @@ DEFAULTS: dict[str, Any] = {
               "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},
     "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "schedule": "cosine",
               "warmup_steps": 50},
+    # until: steps (train max_steps, the equal-budget mode) | plateau (stop when the monitored
+    # validation score has not improved by min_delta for patience_steps; max_steps is the cap)
     "train": {"max_steps": 1000, "val_every_steps": 250, "monitor": "val/score", "mode": "max",
+              "until": "steps", "patience_steps": 750, "min_delta": 0.002,
               "early_stopping_patience": ANY, "checkpoint_every_steps": 500, "on_nan": "stop",
               "dm_ramp_steps": 0, "deterministic": True},
     "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
@@ -173,6 +176,12 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
     check_values(config)
     return config
+
+
+def plateau_patience(train: dict) -> int:
+    """``train.patience_steps`` as a number of validation checks (at least 1)."""
+    every = min(int(train["val_every_steps"]), int(train["max_steps"]))
+    return max(1, -(-int(train["patience_steps"]) // every))
 
 
 def _check_source(src: Any, where: str) -> None:
@@ -291,10 +300,11 @@ def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
 
 POSITIVE_INTS = ("data.image_size", "data.batch_size", "data.eval_batch_size", "train.max_steps",
                  "train.val_every_steps", "train.checkpoint_every_steps", "trainer.num_nodes",
-                 "trainer.accumulate_grad_batches", "trainer.log_every_n_steps")
+                 "trainer.accumulate_grad_batches", "trainer.log_every_n_steps", "train.patience_steps")
 NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps", "optim.weight_decay",
-                "train.early_stopping_patience", "data.augment.rotation", "data.augment.color_jitter")
-CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"),
+                "train.early_stopping_patience", "data.augment.rotation", "data.augment.color_jitter",
+                "train.min_delta")
+CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"), "train.until": ("steps", "plateau"),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
            "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),
            "data.channels": (1, 3)}

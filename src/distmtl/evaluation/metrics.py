@@ -16,6 +16,13 @@ Conventions (kept identical to scikit-learn's on the same data, and checked agai
   strict rule; default threshold 0.5). A label without annotated entries is reported as ``None``
   and left out of the means. F1 of a label with no true and no predicted positive is 0
   (sklearn's ``zero_division`` default).
+  Threshold-free, per label, from ``sigmoid(logit)``: ``ap`` (average precision, the step-wise
+  area under the precision-recall curve, ``sklearn.metrics.average_precision_score``) and ``auc``
+  (ROC AUC, ``roc_auc_score``); ``mean_ap`` / ``mean_auc`` average them over the labels whose
+  annotated entries hold both a positive and a negative (``None`` for the others, where neither
+  is defined). ``mean_f1_calibrated`` is mean F1 at per-label thresholds chosen on the
+  validation split (:func:`calibrate_thresholds`), so a change in calibration is not read as a
+  change in skill.
 - Regression: Lin's concordance correlation coefficient with population moments,
   ``2 cov / (var_x + var_y + (mean_x - mean_y)^2)``. torchmetrics' ``concordance_corrcoef``
   mixes sample variances with the squared mean difference, so it is not used. A dimension with
@@ -39,6 +46,8 @@ from typing import Any
 import torch
 from torch import Tensor
 from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_recall,
@@ -54,6 +63,11 @@ PRIMARY_METRIC = {
     "regression": "mean_ccc",
     "identity": "verification_accuracy",
 }
+
+# Reported beside the primary metric (compare's tables show them): for multilabel tasks the
+# threshold-free mean average precision and ROC AUC, and mean F1 at per-label thresholds calibrated
+# on the validation split (filled in by training.runner, which has both splits).
+SECONDARY_METRICS = {"multilabel": ("mean_ap", "mean_auc", "mean_f1_calibrated")}
 
 DEFAULT_THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
@@ -153,23 +167,35 @@ def _multilabel_metrics(
     _check_shape(task, "thresholds", thresholds, (k,))
     pred = torch.sigmoid(logits) > thresholds
     truth = targets > 0.5
+    probs = torch.sigmoid(logits.double())
     f1: dict[str, float | None] = {}
     accuracy: dict[str, float | None] = {}
+    ap: dict[str, float | None] = {}
+    auc: dict[str, float | None] = {}
     counts: dict[str, int] = {}
     for j, label in enumerate(task.labels):
         keep = masks[:, j]
         counts[label] = int(keep.sum())
         if counts[label] == 0:
-            f1[label] = accuracy[label] = None
+            f1[label] = accuracy[label] = ap[label] = auc[label] = None
             continue
         p, t = pred[keep, j], truth[keep, j]
         f1[label] = float(_f1(*_binary_counts(p, t)))
         accuracy[label] = float((p == t).float().mean())
+        if t.any() and not t.all():
+            ap[label] = float(binary_average_precision(probs[keep, j], t.long()))
+            auc[label] = float(binary_auroc(probs[keep, j], t.long()))
+        else:
+            ap[label] = auc[label] = None
     return {
         "f1": f1,
         "mean_f1": _mean(f1.values()),
         "accuracy": accuracy,
         "mean_accuracy": _mean(accuracy.values()),
+        "ap": ap,
+        "mean_ap": _mean(ap.values()),
+        "auc": auc,
+        "mean_auc": _mean(auc.values()),
         "thresholds": [float(x) for x in thresholds],
         "n": counts,
     }

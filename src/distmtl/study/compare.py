@@ -8,22 +8,21 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import gc
 import hashlib
 import json
 import logging
-import shutil
 from pathlib import Path
 from typing import Any
 
 from distmtl.data.csvformat import EncodedSource
 from distmtl.data.sampler import source_weights
 from distmtl.errors import DistmtlError, close_matches
-from distmtl.evaluation.metrics import PRIMARY_METRIC
-from distmtl.training.experiment import Edge, Experiment, build_experiment
-from distmtl.io import atomic_write_text
+from distmtl.evaluation.metrics import PRIMARY_METRIC, SECONDARY_METRICS
+from distmtl.study.curves import plot_variant_curves
+from distmtl.study.parallel import PlannedRun, finished_run, started_run, train_runs  # noqa: F401
 from distmtl.study.report import RunRecord, format_table, summarise, write_results
-from distmtl.training.runner import check_trainable, train_experiment
+from distmtl.training.experiment import Edge, Experiment, build_experiment
+from distmtl.training.runner import check_trainable
 
 log = logging.getLogger(__name__)
 
@@ -109,12 +108,22 @@ def run_hash(exp: Experiment, seed: int) -> str:
 
 
 def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
-                variants: list[str] | None = None, progress: bool | None = None) -> dict[str, Any]:
+                variants: list[str] | None = None, progress: bool | None = None,
+                jobs: int = 1) -> dict[str, Any]:
+    """Train every (variant, seed) run not already finished, then report.
+
+    ``jobs`` > 1 trains that many runs at once, each in its own process with
+    ``torch.get_num_threads() // jobs`` intra-op threads (see :mod:`distmtl.study.parallel`). A
+    run's result does not depend on which process trains it: with the same number of threads per
+    run, ``jobs: 2`` and ``jobs: 1`` give identical numbers.
+    """
     out_dir = Path(out_dir)
     variants = list(variants or config["compare"]["variants"])
     for v in variants:
         if v not in KNOWN_VARIANTS:
             raise DistmtlError(f"compare.variants: unknown variant '{v}'{close_matches(v, KNOWN_VARIANTS)}")
+    if int(jobs) < 1:
+        raise DistmtlError(f"--jobs: expected a positive number of parallel runs, got {jobs}")
     n_seeds = config["compare"]["seeds"] if seeds is None else seeds
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         key = "compare.seeds" if seeds is None else "seeds"
@@ -126,62 +135,52 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
             check_trainable(exp)
         except DistmtlError as exc:
             raise DistmtlError(f"compare run '{name}': {exc}") from None
-    records: list[RunRecord] = []
-    total = len(plan) * n_seeds
-    done = 0
+    runs: list[PlannedRun] = []
     for seed_offset in range(n_seeds):
         seed = int(config["seed"]) + seed_offset
         for variant, name, exp, reported in plan:
-            done += 1
             run_cfg = copy.deepcopy(exp.config)
             run_cfg["seed"] = seed
             run_exp = dataclasses.replace(exp, config=run_cfg)
             run_dir = out_dir / "runs" / name.replace("/", "-") / f"seed{seed}"
-            metrics = finished_run(run_dir, run_hash(run_exp, seed))
-            status = "cached" if metrics is not None else "training"
-            log.info("[%d/%d] %s seed %d: %s", done, total, name, seed, status)
-            print(f"[{done}/{total}] {name} seed {seed}: {status}", flush=True)
-            if metrics is None:
-                expected = run_hash(run_exp, seed)
-                resume = started_run(run_dir, expected)
-                if not resume and run_dir.exists():
-                    shutil.rmtree(run_dir)  # a different config's leftovers: start clean
-                atomic_write_text(run_dir / "run.json", json.dumps(
-                    {"hash": expected, "variant": variant, "seed": seed, "status": "started"}))
-                metrics = train_experiment(run_exp, run_dir, progress=progress, resume=resume)
-                gc.collect()  # release the finished run's DataLoader workers before the next one
-                atomic_write_text(run_dir / "run.json", json.dumps(
-                    {"hash": expected, "variant": variant, "seed": seed, "status": "finished"}))
-            for t in reported:
-                kind = exp.tasks[t].kind
-                value = (metrics.get("test") or metrics.get("val") or {}).get(t, {}).get(PRIMARY_METRIC[kind])
-                if value is not None:
-                    records.append(RunRecord(variant, seed, t, PRIMARY_METRIC[kind], float(value)))
+            runs.append(PlannedRun(variant, name, seed, reported, run_exp, run_dir, run_hash(run_exp, seed)))
+    for run in runs:
+        run.metrics = finished_run(run.run_dir, run.expected_hash)
+    todo = [r for r in runs if r.metrics is None]
+    for run in (r for r in runs if r.metrics is not None):
+        print(f"{run.name} seed {run.seed}: cached", flush=True)
+    print(f"{len(runs)} runs: {len(todo)} to train"
+          + (f", {jobs} at a time" if jobs > 1 and len(todo) > 1 else ""), flush=True)
+    train_runs(todo, jobs=int(jobs), progress=progress)
+    records = [record for run in runs for record in run_records(run)]
+    budget = (f"until plateau (patience {config['train']['patience_steps']} steps, min_delta "
+              f"{config['train']['min_delta']}), at most {config['train']['max_steps']} optimiser steps"
+              if config["train"]["until"] == "plateau" else f"{config['train']['max_steps']} optimiser steps")
     paths = write_results(records, out_dir, title=f"distmtl compare: {config['name']}",
-                          extra_lines=[f"seeds: {n_seeds} (from {config['seed']}), "
-                                       f"budget: {config['train']['max_steps']} optimiser steps, "
+                          extra_lines=[f"seeds: {n_seeds} (from {config['seed']}), budget: {budget}, "
                                        f"backbone: {config['model']['backbone']}"])
+    curves = plot_variant_curves({(r.variant, r.seed): (r.run_dir, r.reported) for r in runs},
+                                 out_dir / "validation_curves.png",
+                                 title=f"{config['name']}: validation score over training")
+    if curves is not None:
+        paths["validation_curves"] = curves
+        with open(paths["markdown"], "a", encoding="utf-8") as handle:
+            handle.write(f"\n![validation curves]({curves.name})\n")
     summary = summarise(records)
     return {"records": records, "summary": summary, "table": format_table(summary), "paths": paths}
 
 
-def started_run(run_dir: Path, expected_hash: str) -> bool:
-    """A run of this exact config that was interrupted after writing a checkpoint: resume it."""
-    try:
-        marker = json.loads((run_dir / "run.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return False
-    return marker.get("hash") == expected_hash and (run_dir / "checkpoints" / "last.ckpt").exists()
-
-
-def finished_run(run_dir: Path, expected_hash: str) -> dict | None:
-    marker, metrics = run_dir / "run.json", run_dir / "metrics.json"
-    if not (marker.exists() and metrics.exists()):
-        return None
-    try:
-        state = json.loads(marker.read_text())
-        if state.get("hash") != expected_hash or state.get("status", "finished") != "finished":
-            return None
-        return json.loads(metrics.read_text())
-    except (json.JSONDecodeError, OSError):
-        return None
+def run_records(run: PlannedRun) -> list[RunRecord]:
+    """The run's test metrics (validation when there is no test split): each reported task's
+    primary metric, then the threshold-free and calibrated ones of its kind."""
+    metrics = run.metrics or {}
+    scores = metrics.get("test") or metrics.get("val") or {}
+    out = []
+    for t in run.reported:
+        kind = run.exp.tasks[t].kind
+        for name in (PRIMARY_METRIC[kind], *SECONDARY_METRICS.get(kind, ())):
+            value = scores.get(t, {}).get(name)
+            if value is not None:
+                out.append(RunRecord(run.variant, run.seed, t, name, float(value),
+                                     metrics.get("steps"), metrics.get("stopped")))
+    return out

@@ -40,24 +40,28 @@ DISPLAY_NAMES = {
 }
 LOWER_IS_BETTER = ("mse", "mae", "rmse", "loss", "error", "eer")
 GAP_EPS = 1e-9
-RUN_COLUMNS = ("variant", "seed", "task", "metric", "value")
+RUN_COLUMNS = ("variant", "seed", "task", "metric", "value", "steps", "stopped")
 
 SUMMARY_COLUMNS = (
     "task", "metric", "variant", "display_name", "mean", "std", "n_seeds",
     "gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
-    "verdict",
+    "steps", "plateau", "at_cap", "verdict",
 )
 
 
 @dataclass(frozen=True)
 class RunRecord:
-    """The value of one metric of one task in one run (variant, seed)."""
+    """The value of one metric of one task in one run (variant, seed), with how long the run
+    trained: ``steps`` (optimiser steps) and ``stopped`` (``plateau``, ``cap`` or ``budget``, see
+    :func:`distmtl.training.runner.stopping_summary`); both ``None`` when unknown."""
 
     variant: str
     seed: int
     task: str
     metric: str
     value: float
+    steps: int | None = None
+    stopped: str | None = None
 
 
 def _flag(value: object) -> bool:
@@ -128,9 +132,11 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
         values: dict[str, list[float]] = {}
         by_seed: dict[str, dict[int, float]] = {}
         failed: dict[str, int] = {}
+        stops: dict[str, list[tuple[int | None, str | None]]] = {}
         for r in records:
             if (r.task, r.metric) != (task, metric):
                 continue
+            stops.setdefault(r.variant, []).append((r.steps, r.stopped))
             value = float(r.value) if r.value is not None else math.nan
             if math.isfinite(value):
                 values.setdefault(r.variant, []).append(value)
@@ -170,6 +176,9 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
                 verdict += f"; better in {wins} seeds (paired diff {paired:+.4f} ± {paired_sd:.4f})"
             if failed.get(variant):
                 verdict += f"; {failed[variant]} non-finite run(s) left out"
+            steps, plateau, at_cap = _stopping(stops.get(variant, []))
+            if at_cap:
+                verdict += f"; {at_cap} run(s) stopped at the step cap before a plateau"
             rows.append({
                 "task": task, "metric": metric, "variant": variant,
                 "display_name": display_name(variant), "mean": mean, "std": std, "n_seeds": n,
@@ -177,12 +186,24 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
                 "seed_wins": wins if variant != "single" else None,
                 "paired_diff": paired if variant != "single" else None,
                 "paired_std": paired_sd if variant != "single" else None,
-                "verdict": verdict,
+                "steps": steps, "plateau": plateau, "at_cap": at_cap, "verdict": verdict,
             })
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in ("gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std"):
+    for column in ("gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
+                   "steps", "plateau", "at_cap"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
+
+
+def _stopping(stops: list[tuple[int | None, str | None]]) -> tuple[float | None, str | None, int | None]:
+    """(mean steps, 'k/n' runs that reached their plateau, runs stopped at the cap) of one variant;
+    the last two are None outside plateau mode (no run of the variant stopped on 'plateau' or 'cap')."""
+    steps = [s for s, _ in stops if s is not None and not (isinstance(s, float) and math.isnan(s))]
+    mean = float(np.mean(steps)) if steps else None
+    judged = [why for _, why in stops if why in ("plateau", "cap")]
+    if not judged:
+        return mean, None, None
+    return mean, f"{judged.count('plateau')}/{len(judged)}", judged.count("cap")
 
 
 def _fmt(value: float | None, digits: int = 4) -> str:
@@ -197,11 +218,12 @@ def _mean_std(row: pd.Series) -> str:
 
 def format_table(summary: pd.DataFrame) -> str:
     """Fixed-width terminal table of a :func:`summarise` result."""
-    header = ("task", "metric", "variant", "mean ± std", "seeds", "gap closed", "verdict")
+    header = ("task", "metric", "variant", "mean ± std", "seeds", "steps", "plateau", "gap closed", "verdict")
     rows = [header] + [
         (
             str(r["task"]), str(r["metric"]), str(r["display_name"]), _mean_std(r),
-            str(r["n_seeds"]), _fmt(r["gap_closed"], 3), str(r["verdict"]),
+            str(r["n_seeds"]), _fmt(r["steps"], 0), str(r["plateau"] or "-"), _fmt(r["gap_closed"], 3),
+            str(r["verdict"]),
         )
         for _, r in summary.iterrows()
     ]
@@ -241,11 +263,20 @@ def _conclusions(summary: pd.DataFrame) -> list[str]:
         for _, r in summary.iterrows()
         if _flag(r["negative_transfer"]) and r["variant"] != "oracle"
     ]
-    return [
-        "Beat single-task by more than the spread on every task: "
+    lines = [
+        "Beat single-task by more than the spread on every task and metric: "
         + (", ".join(winners) if winners else "none") + ".",
         "Negative transfer: " + ("; ".join(negatives) if negatives else "none") + ".",
     ]
+    capped = {r["display_name"]: r["at_cap"] for _, r in summary.iterrows() if r["at_cap"]}
+    judged = [p for p in summary["plateau"] if p]
+    if capped:
+        lines.append("NOT AT CONVERGENCE: stopped at the step cap before their plateau: "
+                     + ", ".join(f"{v} ({n} run(s))" for v, n in capped.items())
+                     + "; raise train.max_steps.")
+    elif judged:
+        lines.append("Every run reached its plateau (train.until: plateau).")
+    return lines
 
 
 def results_markdown(
@@ -259,14 +290,14 @@ def results_markdown(
         heading = f"## {task}" if metrics_per_task[task] == 1 else f"## {task} ({metric})"
         lines += [
             heading, "",
-            f"| variant | {metric} (mean ± std) | seeds | gap closed | verdict |",
-            "|---|---|---|---|---|",
+            f"| variant | {metric} (mean ± std) | seeds | steps | plateau | gap closed | verdict |",
+            "|---|---|---|---|---|---|---|",
         ]
         for _, r in rows.iterrows():
             verdict = str(r["verdict"]).replace("|", "\\|")
             lines.append(
-                f"| {r['display_name']} | {_mean_std(r)} | {r['n_seeds']} "
-                f"| {_fmt(r['gap_closed'], 3)} | {verdict} |"
+                f"| {r['display_name']} | {_mean_std(r)} | {r['n_seeds']} | {_fmt(r['steps'], 0)} "
+                f"| {r['plateau'] or '-'} | {_fmt(r['gap_closed'], 3)} | {verdict} |"
             )
         lines.append("")
     lines += ["## Summary", "", *(f"- {line}" for line in _conclusions(summary)), ""]
@@ -346,13 +377,18 @@ def write_results(
 def read_runs(path: str | os.PathLike) -> list[RunRecord]:
     """Run records from a runs.csv written by :func:`write_results`."""
     try:
-        frame = pd.read_csv(path, dtype={"variant": str, "task": str, "metric": str})
+        frame = pd.read_csv(path, dtype={"variant": str, "task": str, "metric": str, "stopped": str})
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise DistmtlError(f"{path}: cannot read run records ({exc})") from None
-    missing = [c for c in RUN_COLUMNS if c not in frame.columns]
+    missing = [c for c in RUN_COLUMNS[:5] if c not in frame.columns]
     if missing:
         raise DistmtlError(f"{path}: missing column(s) {', '.join(missing)}")
+    def optional(row, column, kind):  # columns added later: older runs.csv files lack them
+        value = getattr(row, column, None)
+        return None if value is None or (isinstance(value, float) and math.isnan(value)) else kind(value)
+
     return [
-        RunRecord(str(r.variant), int(r.seed), str(r.task), str(r.metric), float(r.value))
+        RunRecord(str(r.variant), int(r.seed), str(r.task), str(r.metric), float(r.value),
+                  optional(r, "steps", int), optional(r, "stopped", str))
         for r in frame.itertuples(index=False)
     ]

@@ -17,10 +17,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
-from distmtl.config import dump_config
-from distmtl.training.curves import write_training_curves
+from distmtl.config import dump_config, plateau_patience
+from distmtl.training.curves import read_log, write_training_curves
 from distmtl.data.datamodule import MultiSourceDataModule
 from distmtl.errors import DistmtlError
+from distmtl.evaluation.metrics import calibrate_thresholds, task_metrics
 from distmtl.training.experiment import Experiment, augment_on, build_experiment
 from distmtl.io import atomic_write, atomic_write_text
 from distmtl.training.module import MultiTaskModule
@@ -118,7 +119,10 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
         ModelCheckpoint(dirpath=ckpt_dir, filename="step", save_top_k=0, save_last=True,
                         every_n_train_steps=int(t["checkpoint_every_steps"]), enable_version_counter=False),
     ]
-    if t["early_stopping_patience"]:
+    if t["until"] == "plateau":
+        callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["mode"], patience=plateau_patience(t),
+                                       min_delta=float(t["min_delta"]), check_finite=False))
+    elif t["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["mode"],
                                        patience=int(t["early_stopping_patience"])))
     loggers: list = [CSVLogger(out_dir, name="logs", version="")]
@@ -172,17 +176,63 @@ def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = Fal
     best = out_dir / "checkpoints" / "best.ckpt"
     best_module = load_module(best if best.exists() else last)
     results: dict[str, Any] = {"checkpoint": str(best if best.exists() else last),
-                               "steps": int(trainer.global_step), "nan_skipped": module.nan_skipped}
+                               "steps": int(trainer.global_step), "nan_skipped": module.nan_skipped,
+                               **stopping_summary(trainer, config, out_dir)}
     eval_trainer = L.Trainer(accelerator=config["trainer"]["accelerator"], devices=1, logger=False,
                              enable_progress_bar=False, enable_model_summary=False)
+    outputs = {}
     for split in ("val", "test"):
         if split in exp.eval_sources:
             eval_trainer.test(best_module, dataloaders=dm.eval_dataloader(split), verbose=False)
             results[split] = best_module.last_metrics
+            outputs[split] = best_module.last_outputs
             if split == "test":
                 write_coactivation(exp, best_module.last_outputs, out_dir)
+    add_calibrated_f1(exp, results, outputs)
     atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2, default=float))
     return results
+
+
+def add_calibrated_f1(exp: Experiment, results: dict, outputs: dict) -> None:
+    """``mean_f1_calibrated`` (and per-label ``f1_calibrated``, ``calibrated_thresholds``) of every
+    multilabel task, at the thresholds that maximise each label's F1 on the validation split. On
+    the validation split itself the number is optimistic (chosen there); test is the fair one."""
+    val = outputs.get("val", {})
+    for name, task in exp.tasks.items():
+        if task.kind != "multilabel" or name not in val:
+            continue
+        logits, targets, masks = val[name][:3]
+        thresholds = calibrate_thresholds(torch.sigmoid(logits.float()), targets, masks)
+        for split, collected in outputs.items():
+            if name not in collected or name not in results.get(split, {}):
+                continue
+            calibrated = task_metrics(task, *collected[name][:3], thresholds=thresholds)
+            results[split][name].update({"mean_f1_calibrated": calibrated["mean_f1"],
+                                         "f1_calibrated": calibrated["f1"],
+                                         "calibrated_thresholds": calibrated["thresholds"]})
+
+
+def stopping_summary(trainer: L.Trainer, config: dict, out_dir: Path) -> dict[str, Any]:
+    """How the run ended: ``until`` (steps | plateau), ``stopped`` (``plateau``: the validation
+    score stopped improving; ``cap``: ``max_steps`` was reached first; ``budget``: the equal-budget
+    mode, which always trains ``max_steps``), ``plateau_reached`` and ``best_step`` (the step of the
+    best validation score, the checkpoint that is evaluated)."""
+    t = config["train"]
+    stopper = trainer.early_stopping_callback
+    plateau = bool(t["until"] == "plateau" and stopper is not None and stopper.wait_count >= stopper.patience)
+    stopped = "plateau" if plateau else ("cap" if t["until"] == "plateau" else "budget")
+    best_step = None
+    try:
+        frame = read_log(out_dir)
+        if t["monitor"] in frame.columns:
+            scores = frame[["step", t["monitor"]]].dropna()
+            if len(scores):
+                pick = scores[t["monitor"]].idxmax() if t["mode"] == "max" else scores[t["monitor"]].idxmin()
+                best_step = int(scores.loc[pick, "step"]) + 1  # the log's step is 0-based
+    except DistmtlError:
+        pass
+    return {"until": t["until"], "stopped": stopped, "plateau_reached": plateau, "best_step": best_step,
+            "max_steps": int(t["max_steps"])}
 
 
 MAX_COACTIVATION_CLASSES = 100

@@ -1,0 +1,142 @@
+"""Training a study's runs, one after another or several at once.
+
+Each run is independent: its seed, data order and initialisation come from its own config
+(``train_experiment`` seeds everything), so which process trains it does not change its result.
+With ``jobs`` > 1 the runs go to a pool of ``jobs`` spawned processes, each limited to
+``torch.get_num_threads() // jobs`` intra-op threads (at least one) so the runs share the cores
+instead of fighting over them. The number of threads a run uses changes the order of
+floating-point sums, hence the last digits of its results: to get identical numbers from
+``jobs: 1`` and ``jobs: N``, give both the same threads per run (e.g. ``OMP_NUM_THREADS=1``).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+import multiprocessing
+import shutil
+import time
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from distmtl.errors import DistmtlError
+from distmtl.io import atomic_write_text
+from distmtl.training.experiment import Experiment
+from distmtl.training.runner import train_experiment
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlannedRun:
+    """One (variant, seed) training of a study; ``metrics`` is filled once it has finished."""
+
+    variant: str
+    name: str
+    seed: int
+    reported: list[str]
+    exp: Experiment
+    run_dir: Path
+    expected_hash: str
+    metrics: dict | None = field(default=None)
+
+
+def started_run(run_dir: Path, expected_hash: str) -> bool:
+    """A run of this exact config that was interrupted after writing a checkpoint: resume it."""
+    try:
+        marker = json.loads((run_dir / "run.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return marker.get("hash") == expected_hash and (run_dir / "checkpoints" / "last.ckpt").exists()
+
+
+def finished_run(run_dir: Path, expected_hash: str) -> dict | None:
+    marker, metrics = run_dir / "run.json", run_dir / "metrics.json"
+    if not (marker.exists() and metrics.exists()):
+        return None
+    try:
+        state = json.loads(marker.read_text())
+        if state.get("hash") != expected_hash or state.get("status", "finished") != "finished":
+            return None
+        return json.loads(metrics.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+
+
+def train_one(exp: Experiment, run_dir: Path, expected_hash: str, variant: str, seed: int,
+              progress: bool | None) -> dict[str, Any]:
+    """Train (or resume) one run and mark it finished; returns its metrics."""
+    resume = started_run(run_dir, expected_hash)
+    if not resume and run_dir.exists():
+        shutil.rmtree(run_dir)  # a different config's leftovers: start clean
+    marker = {"hash": expected_hash, "variant": variant, "seed": seed}
+    atomic_write_text(run_dir / "run.json", json.dumps({**marker, "status": "started"}))
+    metrics = train_experiment(exp, run_dir, progress=progress, resume=resume)
+    gc.collect()  # release the finished run's DataLoader workers before the next one
+    atomic_write_text(run_dir / "run.json", json.dumps({**marker, "status": "finished"}))
+    return metrics
+
+
+def _start_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _report(done: int, total: int, run: PlannedRun, started: float, how: str) -> None:
+    elapsed = time.perf_counter() - started
+    left = elapsed / done * (total - done) if done else 0.0
+    steps = (run.metrics or {}).get("steps")
+    stopped = (run.metrics or {}).get("stopped")
+    ended = f", {steps} steps ({stopped})" if steps is not None else ""
+    line = (f"[{done}/{total}] {run.name} seed {run.seed}: {how}{ended}; elapsed {_clock(elapsed)}, "
+            f"about {_clock(left)} left")
+    log.info(line)
+    print(line, flush=True)
+
+
+def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None = None) -> None:
+    """Train ``runs`` (filling each one's ``metrics``), ``jobs`` at a time."""
+    started = time.perf_counter()
+    if jobs <= 1 or len(runs) <= 1:
+        for i, run in enumerate(runs):
+            print(f"[{i + 1}/{len(runs)}] {run.name} seed {run.seed}: training", flush=True)
+            run.metrics = train_one(run.exp, run.run_dir, run.expected_hash, run.variant, run.seed, progress)
+            _report(i + 1, len(runs), run, started, "trained")
+        return
+    threads = max(1, torch.get_num_threads() // jobs)
+    context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
+                             initargs=(threads,)) as pool:
+        pending = {pool.submit(train_one, r.exp, r.run_dir, r.expected_hash, r.variant, r.seed, False): r
+                   for r in runs}
+        done = 0
+        while pending:
+            finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                run = pending.pop(future)
+                try:
+                    run.metrics = future.result()
+                except DistmtlError:
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise
+                except Exception as exc:  # noqa: BLE001 - name the run that failed
+                    pool.shutdown(wait=False, cancel_futures=True)
+                    raise DistmtlError(f"{run.name} seed {run.seed}: training failed in a worker "
+                                       f"process ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+                                       ) from exc
+                done += 1
+                _report(done, len(runs), run, started, f"trained ({jobs} at a time, {threads} thread(s) each)")
