@@ -118,7 +118,8 @@ def test_columns_are_the_documented_ones_in_order(predictor, tiny_run, tmp_path)
     assert predictor.columns() == EXPECTED_COLUMNS
     compound = ["compound", *(f"compound_{c}" for c in COMPOUND_CLASSES)]
     assert predictor.columns(compound=True) == EXPECTED_COLUMNS[:-1] + compound + ["error"]
-    faces = ["face_detected", "face_x", "face_y", "face_w", "face_h"]
+    faces = ["frame", "timestamp", "face_id", "FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight",
+             "FaceScore", "x_0", "x_1", "x_2", "x_3", "x_4", "y_0", "y_1", "y_2", "y_3", "y_4"]
     assert predictor.columns(detect=True) == ["input", *faces, *EXPECTED_COLUMNS[1:]]
     frame = predictor.predict(tiny_run.images[:3])
     assert list(frame.columns) == EXPECTED_COLUMNS
@@ -264,31 +265,6 @@ def test_plot_writes_one_png_per_image(tiny_run, tmp_path):
     pngs = sorted(plots.glob("*.png"))
     assert [p.name for p in pngs] == ["000000_000.png", "000001_001.png"]
     assert Image.open(pngs[0]).size[0] > 400
-
-
-def test_detect_without_opencv_names_the_install_command(predictor, tiny_run, monkeypatch, tmp_path, capsys):
-    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
-    with pytest.raises(DistmtlError, match=r'pip install "opencv-python-headless<5"'):
-        predictor.predict(tiny_run.images[:1], detect=True)
-    assert _run_cli("predict", tiny_run.images[0], "--model", tiny_run.model, "-o", tmp_path / "p.csv",
-                    "--detect") == 2
-    err = capsys.readouterr().err.strip()
-    assert 'pip install "opencv-python-headless<5"' in err and "\n" not in err
-
-
-def test_detect_crops_faces_and_marks_photos_without_one(predictor, tiny_run):
-    pytest.importorskip("cv2")
-    from distmtl.data.synthfacs.faces import make_identity
-    from distmtl.data.synthfacs.render import render_face
-
-    photo = np.full((300, 400, 3), 200, dtype=np.uint8)
-    photo[80:208, 150:278] = render_face(make_identity(0, 0), size=128)
-    frame = predictor.predict([photo, *tiny_run.images[:2]], detect=True)  # random pixels: no face
-    assert frame["face_detected"].tolist() == [1, 0, 0]
-    x, y, w, h = frame.loc[0, ["face_x", "face_y", "face_w", "face_h"]]
-    assert 150 <= x + w / 2 <= 278 and 80 <= y + h / 2 <= 208
-    assert frame.loc[0, EXPECTED_COLUMNS[1:-1]].notna().all()
-    assert frame.loc[1:, EXPECTED_COLUMNS[1:-1]].isna().all().all() and (frame["error"] == "").all()
 
 
 def test_unknown_device_is_an_error(tiny_run):

@@ -49,6 +49,7 @@ DEFAULTS: dict[str, Any] = {
         "check_images": ANY,  # exists (default, also true) | decode | none (also false); per source too
         "cache_images": False,  # decode every image once into RAM (small datasets only)
         "augment_on": "auto",  # auto (follows the accelerator) | device | workers
+        "faces": ANY,  # training images' face preprocessing: auto (when absent) | none | {mode, size, margin, ...}
         "augment": {"flip": True, "crop_scale": [0.85, 1.0], "rotation": 0.0, "color_jitter": 0.0},
     },
     "relatedness": ANY,  # list of edges, see EDGE_DEFAULTS
@@ -171,6 +172,9 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     from distmtl.data.csvformat import image_check_mode
 
     config["data"]["check_images"] = image_check_mode(config["data"]["check_images"], "data.check_images")
+    if config["data"]["faces"] is None:
+        config["data"]["faces"] = "auto"
+    _check_faces(config["data"]["faces"])
     _check_loader_options(config["data"])
     if not isinstance(config["tasks"], dict) or not config["tasks"]:
         raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
@@ -182,6 +186,17 @@ def plateau_patience(train: dict) -> int:
     """``train.patience_steps`` as a number of validation checks (at least 1)."""
     every = min(int(train["val_every_steps"]), int(train["max_steps"]))
     return max(1, -(-int(train["patience_steps"]) // every))
+
+
+def _check_faces(spec: Any) -> None:
+    if isinstance(spec, str) and spec in ("auto", "none"):
+        return
+    if not isinstance(spec, dict):
+        raise DistmtlError(f"data.faces: expected auto, none or a mapping {{mode, size, margin, backend, "
+                           f"min_face_score}}, got {spec!r}")
+    from distmtl.faces.align import FacePreprocessing
+
+    FacePreprocessing.from_dict(spec, "data.faces")
 
 
 def _check_source(src: Any, where: str) -> None:

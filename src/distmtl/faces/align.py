@@ -22,6 +22,7 @@ from distmtl.faces.detect import BACKENDS, DEFAULT_BACKEND, Detector, Face, as_r
 ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                         [41.5493, 92.3655], [70.7299, 92.2041]])
 MODES = ("align", "box", "none")
+PREPARED_FACES_NAME = "faces.json"  # written by ``distmtl data prepare`` beside its CSV
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,11 @@ class FacePreprocessing:
         if unknown:
             raise DistmtlError(f"{where}: unknown key '{unknown[0]}' "
                                f"(known: {', '.join(cls.__dataclass_fields__)})")
-        return cls(**data)
+        try:
+            return cls(**data)
+        except DistmtlError as exc:
+            text = str(exc)
+            raise DistmtlError(where + text[len("faces"):] if text.startswith("faces.") else text) from None
 
     def detector(self) -> Detector:
         return Detector(self.backend, self.min_face_score)

@@ -13,6 +13,7 @@ import contextlib
 import datetime as _dt
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -66,14 +67,27 @@ def cmd_predict(args) -> int:
 
     from distmtl.errors import DistmtlError
     from distmtl.io import atomic_write, atomic_write_text
-    from distmtl.inference.predictor import FaceDetector, Predictor, gather_inputs
+    from distmtl.inference.face_rows import FaceRows
+    from distmtl.inference.predictor import Predictor, gather_inputs
 
     fmt = output_format(Path(args.out))
-    if args.detect:
-        FaceDetector()  # one clear line when OpenCV is missing, before the model loads
+    if args.detect and args.no_detect:
+        raise DistmtlError("predict: give at most one of --detect and --no-detect")
+    detect = True if args.detect else False if args.no_detect else None
     predictor = Predictor.from_pretrained(args.model, device=args.device)
-    items = gather_inputs(args.inputs)
-    columns = predictor.columns(compound=args.compound, detect=args.detect)
+    faces = predictor.face_preprocessing(detect, args.backend, args.min_face_score)
+    face_options = {"backend": args.backend, "min_face_score": args.min_face_score, "every": args.every}
+    layout = faces.mode != "none"
+    if layout:
+        FaceRows(faces, predictor.preprocessing, args.every)  # a missing backend: one line, before any file
+    elif args.layout == "openface":
+        raise DistmtlError("--layout openface needs face detection (it has frame, face_id and confidence columns)")
+    items = gather_inputs(args.inputs, recursive=args.recursive, videos=layout)
+    columns = predictor.columns(compound=args.compound, detect=layout)
+    if args.layout == "openface":
+        from distmtl.inference.layouts import openface_columns
+
+        columns = openface_columns(columns)
     out, side = Path(args.out), sidecar_path(args.out)
     if out.is_dir():
         raise DistmtlError(f"{out}: is a folder; -o expects a .csv or .parquet file name")
@@ -83,44 +97,65 @@ def cmd_predict(args) -> int:
         plot_dir.mkdir(parents=True, exist_ok=True)
     meta = {"model": str(Path(args.model).resolve()), **predictor.describe(), "columns": columns,
             "inputs": len(items), "batch_size": args.batch_size, "device": str(predictor.device),
-            "compound": args.compound, "detect": args.detect,
+            "compound": args.compound, "faces_applied": faces.to_dict(), "every": args.every,
+            "layout": args.layout,
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "complete": False}
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
     delay = float(os.environ.get(DELAY_ENV) or 0)
     rows = errors = no_face = 0
     frames = []  # Parquet: kept until the end
-    with (open(out, "w", newline="", encoding="utf-8") if fmt == "csv" else contextlib.nullcontext()) as handle, \
-            tqdm(total=len(items), unit="img", disable=True if args.quiet else None) as bar:
-        if handle is not None:
-            handle.write(pd.DataFrame(columns=columns).to_csv(index=False))
-            handle.flush()
-        for frame in predictor.iter_predict(items, args.batch_size, args.num_workers, strict=args.strict,
-                                            compound=args.compound, detect=args.detect):
-            if handle is None:
-                frames.append(frame)
-            else:
-                handle.write(frame.to_csv(index=False, header=False, float_format="%.6g"))
-                handle.flush()  # one write per batch: a killed job leaves whole rows only
-            rows += len(frame)
-            errors += int((frame["error"] != "").sum())
-            if args.detect:
-                no_face += int((frame["face_detected"] == 0).sum())
-            if plot_dir is not None:
-                for offset, (_, row) in enumerate(frame.iterrows()):
-                    if row["error"] == "" and not (args.detect and row["face_detected"] == 0):
-                        plot_prediction(row, predictor, plot_dir / _plot_name(rows - len(frame) + offset, row["input"]))
-            bar.update(len(frame))
-            if delay:
-                time.sleep(delay)
+    seen: set[str] = set()
+    try:
+        with (open(out, "w", newline="", encoding="utf-8") if fmt == "csv" else contextlib.nullcontext()) \
+                as handle, tqdm(total=len(items), unit="input", disable=True if args.quiet else None) as bar:
+            if handle is not None:
+                handle.write(pd.DataFrame(columns=columns).to_csv(index=False))
+                handle.flush()
+            for frame in predictor.iter_predict(items, args.batch_size, args.num_workers, strict=args.strict,
+                                                compound=args.compound, detect=detect, **face_options):
+                if args.layout == "openface":
+                    from distmtl.inference.layouts import to_openface
+
+                    frame = to_openface(frame)
+                if handle is None:
+                    frames.append(frame)
+                else:
+                    handle.write(frame.to_csv(index=False, header=False, float_format="%.6g"))
+                    handle.flush()  # one write per batch: a killed job leaves whole rows only
+                rows += len(frame)
+                errors += int((frame["error"] != "").sum())
+                if layout:
+                    no_face += int((frame["error"].eq("") & frame["confidence" if args.layout == "openface"
+                                                               else "FaceScore"].isna()).sum())
+                if plot_dir is not None and not layout:
+                    for offset, (_, row) in enumerate(frame.iterrows()):
+                        if row["error"] == "":
+                            plot_prediction(row, predictor,
+                                            plot_dir / _plot_name(rows - len(frame) + offset, row["input"]))
+                seen.update(frame["input"])
+                bar.n = len(seen) - 1  # the last input may have more rows (faces, frames) to come
+                bar.refresh()
+                if delay:
+                    time.sleep(delay)
+            bar.n = len(items)
+            bar.refresh()
+    except BaseException:
+        if out.exists() and not isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            out.unlink()  # a run that stopped on an error leaves no partial file behind
+        raise
     if fmt == "parquet":
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
         atomic_write(out, lambda tmp: table.to_parquet(tmp, index=False))
     meta.update(complete=True, rows=rows, errors=errors, finished=_dt.datetime.now(
-        _dt.timezone.utc).isoformat(timespec="seconds"), **({"no_face": no_face} if args.detect else {}))
+        _dt.timezone.utc).isoformat(timespec="seconds"), **({"no_face": no_face} if layout else {}))
     atomic_write_text(side, json.dumps(meta, indent=2) + "\n")
-    extra = f", {no_face} without a face" if args.detect else ""
+    extra = f", {no_face} without a face" if layout else ""
     print(f"{rows} rows written to {out} ({errors} unreadable{extra}); metadata in {side}")
+    if errors and not args.keep_going:
+        print(f"error: {errors} input(s) could not be read (see the error column); --keep-going exits 0 "
+              "in that case", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -186,11 +221,6 @@ def plot_prediction(row, predictor, path: str | Path) -> Path:
     try:
         image = load_image(row["input"], 3)
         axes[0].imshow(image)
-        if "face_x" in row.index and row.get("face_detected") == 1:
-            from matplotlib.patches import Rectangle
-
-            axes[0].add_patch(Rectangle((row["face_x"], row["face_y"]), row["face_w"], row["face_h"],
-                                        fill=False, edgecolor="lime", linewidth=2))
     except Exception:  # noqa: BLE001 - the bars are still worth drawing
         axes[0].text(0.5, 0.5, "image not available", ha="center", va="center")
     axes[0].set_title(Path(str(row["input"])).name[:40], fontsize=9)
@@ -226,8 +256,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0, help="for calibration")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="predict on images with an exported model; rows stream to a CSV")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files or folders of face crops")
+    p = sub.add_parser("predict", help="predict on images and videos with an exported model; rows stream to a CSV")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders of them")
     p.add_argument("--model", required=True, help="model folder written by distmtl export")
     p.add_argument("-o", "--out", required=True,
                    help="file to write: .csv (rows stream in) or .parquet (written at the end); "
@@ -236,7 +266,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, mps")
     p.add_argument("--detect", action="store_true",
-                   help='crop the largest face first (OpenCV Haar cascade; pip install "opencv-python-headless<5")')
+                   help="detect and align faces even when the model records no face preprocessing "
+                        "(default: do what the model was trained with)")
+    p.add_argument("--no-detect", action="store_true",
+                   help="take the inputs as already aligned face crops (no detection)")
+    from distmtl.faces.detect import BACKENDS
+
+    p.add_argument("--backend", choices=list(BACKENDS), help="face detector (default: the model's)")
+    p.add_argument("--min-face-score", type=float, help="drop faces scoring below this (default: the model's, "
+                                                         "else the backend's threshold)")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="videos: every N-th frame (default 1: all)")
+    p.add_argument("--recursive", action="store_true", help="search folders and their sub-folders")
+    p.add_argument("--layout", choices=["distmtl", "openface"], default="distmtl",
+                   help="column layout; openface: OpenFace's names (frame from 1, confidence, success, AU01_c)")
+    p.add_argument("--keep-going", action="store_true",
+                   help="exit 0 even when some inputs could not be read (their rows carry the error)")
     p.add_argument("--compound", action="store_true", help="add zero-shot compound-expression columns")
     p.add_argument("--plot", metavar="DIR", help="write one PNG per image with its prediction bars")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable input")

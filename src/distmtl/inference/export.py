@@ -11,7 +11,10 @@ A model folder holds
   ``head``, ``hidden``, ``drop_rate``, ``backbone_kwargs``), ``tasks`` (``{name: {kind, labels,
   range?, options?}}`` in output order; the label order is the column order of every output),
   ``preprocessing`` (``size``, ``channels``, ``mean``, ``std``: resize to size x size with
-  antialiasing, scale to [0, 1], normalise, as in training-time evaluation), ``thresholds``
+  antialiasing, scale to [0, 1], normalise, as in training-time evaluation), ``faces`` (the face
+  preprocessing of the training images, :class:`distmtl.faces.FacePreprocessing`: ``mode``
+  ``align`` / ``box`` / ``none``, ``size``, ``margin``, ``backend``, ``min_face_score``; predict
+  applies it before the above), ``thresholds``
   (``{multilabel task: {label: threshold}}``: a label is predicted present when its probability
   is greater than the threshold), ``calibration`` (where each task's thresholds come from),
   ``data_summary`` (the training sources and their annotation counts), ``weights`` (file name and
@@ -47,6 +50,7 @@ from torch import nn
 import distmtl
 from distmtl.data.transforms import Preprocessing
 from distmtl.errors import DistmtlError
+from distmtl.faces.align import PREPARED_FACES_NAME, FacePreprocessing
 from distmtl.io import atomic_write, atomic_write_text
 from distmtl.models import MultiTaskNet
 from distmtl.tasks import Task
@@ -141,6 +145,36 @@ def load_weights(net: nn.Module, model_dir: str | Path) -> None:
 # --------------------------------------------------------------------------- writing
 
 
+def training_faces(config: Mapping[str, Any]) -> FacePreprocessing:
+    """The face preprocessing of a run's training images (``data.faces``).
+
+    ``auto`` reads ``faces.json``, which ``distmtl data prepare`` writes beside its CSV, from the
+    folder of every CSV training source: all of them must have the same one, or none (then the
+    images are taken as face crops made some other way: mode ``none``).
+    """
+    spec = config["data"].get("faces", "auto")
+    if isinstance(spec, Mapping):
+        return FacePreprocessing.from_dict(dict(spec), "data.faces")
+    if spec in (None, "none"):
+        return FacePreprocessing(mode="none")
+    found = {}
+    for src in config["data"]["sources"]:
+        csv = src.get("csv") if isinstance(src, Mapping) else src
+        if csv is None:
+            found[str(src.get("name", src.get("loader")))] = None
+            continue
+        path = Path(csv).parent / PREPARED_FACES_NAME
+        found[str(csv)] = json.loads(path.read_text()) if path.is_file() else None
+    kinds = {json.dumps(v, sort_keys=True) for v in found.values()}
+    if len(kinds) > 1:
+        listed = "; ".join(f"{k}: {v['mode'] if v else 'none'}" for k, v in found.items())
+        raise DistmtlError(f"data.faces: auto, but the training sources were prepared differently ({listed}); "
+                           "prepare them alike or set data.faces to the preprocessing predict should apply")
+    only = next(iter(found.values()), None)
+    return FacePreprocessing.from_dict(only, f"{PREPARED_FACES_NAME} of the training sources") if only \
+        else FacePreprocessing(mode="none")
+
+
 def model_config(module, thresholds: Mapping[str, Mapping[str, float]] | None = None,
                  calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The JSON config of a trained :class:`distmtl.training.MultiTaskModule`."""
@@ -169,6 +203,7 @@ def model_config(module, thresholds: Mapping[str, Mapping[str, float]] | None = 
                   "backbone_kwargs": dict(m.get("backbone_kwargs") or {})},
         "tasks": {name: task.to_dict() for name, task in tasks.items()},
         "preprocessing": pre.to_dict(),
+        "faces": training_faces(config).to_dict(),
         "thresholds": out_thresholds,
         "calibration": dict(calibration or {name: {"source": None, "note": "default 0.5"}
                                             for name in out_thresholds}),

@@ -3,21 +3,29 @@
 >>> predictor = Predictor.from_pretrained("model_dir")            # doctest: +SKIP
 >>> frame = predictor.predict("faces/", batch_size=64)             # doctest: +SKIP
 
-Inputs: a path to an image file, a folder (its image files, sorted by name, not recursive), a PIL
-image, a numpy array (one image, ``HxWxC`` RGB or ``HxW`` grey, uint8; or a batch ``NxHxWxC``), a
-torch tensor (``uint8``: raw images ``[N, C, H, W]`` or ``[C, H, W]`` that get the model's
-preprocessing; floating point: an already preprocessed batch ``[N, C, size, size]`` fed as is),
-or a list mixing these. Inputs are assumed to be face crops; ``detect=True`` crops the largest
-face first (OpenCV Haar cascade, ``pip install "opencv-python-headless<5"``; preprocessed float
-tensors are used as they are).
+Inputs: a path to an image or video file, a folder (its image and video files, sorted by name;
+``gather_inputs(..., recursive=True)`` also searches sub-folders), a PIL image, a numpy array (one
+image, ``HxWxC`` RGB or ``HxW`` grey, uint8; or a batch ``NxHxWxC``), a torch tensor (``uint8``:
+raw images ``[N, C, H, W]`` or ``[C, H, W]`` that get the model's preprocessing; floating point: an
+already preprocessed batch ``[N, C, size, size]`` fed as is), or a list mixing these.
 
-Output columns (:meth:`Predictor.columns`), one row per input, in this order:
+Faces: the model folder records the face preprocessing its training images went through
+(``faces``, :class:`distmtl.faces.FacePreprocessing`). When it is ``align`` or ``box``, predict
+detects every face (``distmtl.faces`` backends), crops it the same way and predicts on each
+crop; ``detect=False`` takes the inputs as crops already (and warns, once, with a count, when
+they do not look like the training crops); ``detect=True`` detects and aligns even for a model
+that records no face preprocessing. Videos are read frame by frame (``every``: every N-th).
 
-1. ``input``: the path as given (for files of a folder: the folder joined with the file name),
+Output columns (:meth:`Predictor.columns`), in this order:
+
+1. ``input``: the path as given (for files of a folder: the folder joined with the relative path),
    else ``array:<i>``, ``image:<i>`` or ``tensor:<i>`` (``i``: position among all inputs).
-2. ``detect=True`` only: ``face_detected`` (1 or 0; empty when the input was unreadable) and
-   ``face_x``, ``face_y``, ``face_w``, ``face_h``, the largest face's box in input pixels. Without
-   a face the prediction columns are empty.
+2. with face detection only, one row per (input, frame, face): ``frame`` (video frame index from
+   0; empty for images), ``timestamp`` (seconds; empty for images), ``face_id`` (images: 0, 1, ...
+   best score first; videos: the IoU track, stable across frames), ``FaceRectX``, ``FaceRectY``,
+   ``FaceRectWidth``, ``FaceRectHeight``, ``FaceScore``, ``x_0..x_4``, ``y_0..y_4`` (left eye,
+   right eye, nose tip, left and right mouth corner, in input pixels). An input or frame without
+   a face gives one row with these and the task columns empty.
 3. per task, in the model's task order:
 
    - multiclass task ``expression`` with classes ``C1..CK``: ``expression`` (the predicted class
@@ -42,7 +50,8 @@ Output columns (:meth:`Predictor.columns`), one row per input, in this order:
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,11 +63,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from distmtl.data.transforms import Preprocessing, array_to_image, eval_transform, image_from_pil, load_image
 from distmtl.errors import DistmtlError
+from distmtl.faces.align import FacePreprocessing, crop_mismatch
+from distmtl.faces.video import VIDEO_SUFFIXES
+from distmtl.inference.face_rows import FACE_COLUMNS, INTEGER_FACE_COLUMNS, FaceRows, batches
 from distmtl.tasks import Task
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-FACE_COLUMNS = ("face_detected", "face_x", "face_y", "face_w", "face_h")
-OPENCV_HINT = 'pip install "opencv-python-headless<5"'
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -69,19 +80,27 @@ class Item:
     payload: Any
 
 
-def gather_inputs(inputs) -> list[Item]:
-    """Flatten paths, folders, arrays, images, tensors and lists of them into :class:`Item`s."""
+def gather_inputs(inputs, recursive: bool = False, videos: bool = True) -> list[Item]:
+    """Flatten paths, folders, arrays, images, tensors and lists of them into :class:`Item`s.
+
+    A folder gives its image (and, with ``videos``, video) files sorted by name; ``recursive``
+    also those of its sub-folders, sorted by relative path.
+    """
     items: list[Item] = []
+    suffixes = IMAGE_SUFFIXES + (VIDEO_SUFFIXES if videos else ())
 
     def add(x, top: bool) -> None:
         if isinstance(x, (str, Path)):
             path = Path(x)
             if path.is_dir():
-                files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+                found = path.rglob("*") if recursive else path.iterdir()
+                files = sorted((p for p in found if p.is_file() and p.suffix.lower() in suffixes),
+                               key=lambda p: p.relative_to(path).as_posix())
                 if not files:
                     raise DistmtlError(f"{path}: folder has no image files "
-                                       f"({', '.join(s[1:] for s in IMAGE_SUFFIXES[:4])}, ...)")
-                items.extend(Item(str(path / f.name), f) for f in files)
+                                       f"({', '.join(s[1:] for s in IMAGE_SUFFIXES[:4])}, ...)"
+                                       + ("" if recursive else "; --recursive searches its sub-folders"))
+                items.extend(Item(str(path / f.relative_to(path)), f) for f in files)
             else:
                 items.append(Item(str(x), path))
         elif isinstance(x, Image.Image):
@@ -109,47 +128,16 @@ def gather_inputs(inputs) -> list[Item]:
     return items
 
 
-class FaceDetector:
-    """The largest frontal face by OpenCV's bundled Haar cascade; crops a square enlarged by ``margin``."""
-
-    def __init__(self, margin: float = 0.2, min_size: int = 24):
-        try:
-            import cv2
-        except ImportError:
-            raise DistmtlError(f"face detection needs OpenCV, which is not installed: {OPENCV_HINT}") from None
-        folder = getattr(getattr(cv2, "data", None), "haarcascades", None)
-        if folder is None:
-            raise DistmtlError(f"this OpenCV ({cv2.__version__}) ships no Haar cascades: {OPENCV_HINT}")
-        self.margin, self.min_size = margin, min_size
-        self.cascade = cv2.CascadeClassifier(str(Path(folder) / "haarcascade_frontalface_default.xml"))
-        if self.cascade.empty():
-            raise DistmtlError(f"{folder}: cannot load haarcascade_frontalface_default.xml")
-
-    def detect(self, image: Image.Image) -> tuple[int, int, int, int] | None:
-        gray = np.asarray(image.convert("L"))
-        faces = self.cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                              minSize=(self.min_size, self.min_size))
-        if len(faces) == 0:
-            return None
-        x, y, w, h = max((tuple(int(v) for v in f) for f in faces), key=lambda f: f[2] * f[3])
-        return x, y, w, h
-
-    def crop(self, image: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
-        x, y, w, h = box
-        side = max(w, h) * (1 + 2 * self.margin)
-        cx, cy = x + w / 2, y + h / 2
-        left, top = max(0, int(round(cx - side / 2))), max(0, int(round(cy - side / 2)))
-        return image.crop((left, top, min(image.width, int(round(cx + side / 2))),
-                           min(image.height, int(round(cy + side / 2)))))
-
-
 class InputDataset(Dataset):
-    """Decodes and preprocesses inputs; item ``i``: ``(i, tensor or None, error, face box info)``."""
+    """Decodes and preprocesses face crops; item ``i``: ``(i, tensor or None, error, mismatch)``.
 
-    def __init__(self, items: Sequence[Item], pre: Preprocessing, detect: bool = False):
-        self.items, self.pre, self.detect = list(items), pre, detect
+    ``expected``: the face preprocessing the model was trained with; an input that does not look
+    like one of its crops gets a ``mismatch`` note (the run warns once, with a count).
+    """
+
+    def __init__(self, items: Sequence[Item], pre: Preprocessing, expected: FacePreprocessing | None = None):
+        self.items, self.pre, self.expected = list(items), pre, expected
         self.transform = eval_transform(pre)  # the training-time evaluation transform
-        self._detector: FaceDetector | None = None
 
     def __len__(self) -> int:
         return len(self.items)
@@ -171,15 +159,8 @@ class InputDataset(Dataset):
                                    f"shape {expected}, got {tuple(item.payload.shape)}")
             return item.payload.float(), None
         image = self.decode(item)
-        face = None
-        if self.detect:
-            if self._detector is None:
-                self._detector = FaceDetector()
-            box = self._detector.detect(image.convert("RGB"))
-            if box is None:
-                return None, (0, None)
-            face, image = (1, box), self._detector.crop(image, box)
-        return self.transform(image), face
+        mismatch = None if self.expected is None else crop_mismatch((image.height, image.width), self.expected)
+        return self.transform(image), mismatch and f"{item.name}: {mismatch}"
 
     def __getitem__(self, i: int):
         try:
@@ -195,7 +176,8 @@ class InputDataset(Dataset):
 
 @dataclass
 class BatchResult:
-    """Raw results of one batch: outputs per task for the rows in ``valid``."""
+    """Raw results of one batch: outputs per task for the rows in ``valid``; ``faces``: per row, the
+    face columns' values (face layout) or None."""
 
     names: list[str]
     errors: list[str]
@@ -224,8 +206,10 @@ class Predictor:
 
     def __init__(self, net: torch.nn.Module, tasks: dict[str, Task], preprocessing: Preprocessing,
                  thresholds: dict[str, Sequence[float]] | None = None, config: dict | None = None,
-                 device: str | torch.device = "cpu", config_sha256: str | None = None):
+                 device: str | torch.device = "cpu", config_sha256: str | None = None,
+                 faces: FacePreprocessing | None = None):
         self.tasks, self.preprocessing = dict(tasks), preprocessing
+        self.faces = faces or FacePreprocessing(mode="none")  # what the training images went through
         self.config, self.config_sha256 = dict(config or {}), config_sha256
         self.device = resolve_device(device)
         self.net = net.to(self.device).eval()
@@ -247,8 +231,21 @@ class Predictor:
         load_weights(net, model_dir)
         thresholds = {t: [float(config["thresholds"].get(t, {}).get(label, 0.5)) for label in task.labels]
                       for t, task in tasks.items() if task.kind == "multilabel"}
+        faces = FacePreprocessing.from_dict(config.get("faces"), f"{Path(model_dir) / CONFIG_NAME}: faces")
         return cls(net, tasks, preprocessing_from_model_config(config), thresholds, config, device,
-                   config_sha256=file_sha256(Path(model_dir) / CONFIG_NAME))
+                   config_sha256=file_sha256(Path(model_dir) / CONFIG_NAME), faces=faces)
+
+    def face_preprocessing(self, detect: bool | None = None, backend: str | None = None,
+                           min_face_score: float | None = None) -> FacePreprocessing:
+        """What predict does to its inputs: the model's own face preprocessing (``detect=None``),
+        that or the default alignment when the model records none (``True``), or nothing (``False``)."""
+        if detect is False:
+            return FacePreprocessing(mode="none")
+        faces = self.faces if self.faces.mode != "none" or detect is None else FacePreprocessing()
+        if faces.mode == "none":
+            return faces
+        changes = {k: v for k, v in (("backend", backend), ("min_face_score", min_face_score)) if v is not None}
+        return replace(faces, **changes)
 
     # ----- columns
     def _name_columns(self) -> dict[str, dict[str, list[str]]]:
@@ -304,26 +301,48 @@ class Predictor:
         return {k: v.cpu().numpy() for k, v in result.items()}
 
     def run(self, inputs, batch_size: int = 32, num_workers: int = 0, *, strict: bool = False,
-            detect: bool = False) -> Iterator[BatchResult]:
+            detect: bool | None = None, backend: str | None = None, min_face_score: float | None = None,
+            every: int = 1) -> Iterator[BatchResult]:
         """Raw results batch by batch (used by :meth:`predict` and :meth:`iter_predict`)."""
         given_items = isinstance(inputs, list) and inputs and all(isinstance(i, Item) for i in inputs)
         items = inputs if given_items else gather_inputs(inputs)
         if batch_size < 1:
             raise DistmtlError(f"batch_size: must be at least 1, got {batch_size}")
-        if detect:
-            FaceDetector()  # fail once, early, when OpenCV is missing
-        dataset = InputDataset(items, self.preprocessing, detect=detect)
+        faces = self.face_preprocessing(detect, backend, min_face_score)
+        if faces.mode != "none":
+            yield from self._run_faces(items, faces, batch_size, strict, every)
+            return
+        expected = self.faces if self.faces.mode != "none" else None
+        dataset = InputDataset(items, self.preprocessing, expected)
         loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
                             collate_fn=list, shuffle=False)
+        mismatched, first = 0, None
         for batch in loader:
             errors = [error for _, _, error, _ in batch]
             if strict and any(errors):
                 raise DistmtlError(next(e for e in errors if e))
+            notes = [note for *_, note in batch if note]
+            mismatched, first = mismatched + len(notes), first or (notes[0] if notes else None)
             valid = np.array([t is not None for _, t, _, _ in batch])
             outputs = self.forward(torch.stack([t for _, t, _, _ in batch if t is not None])) \
                 if valid.any() else {}
-            yield BatchResult([items[i].name for i, *_ in batch],
-                              errors, [face for *_, face in batch], valid, outputs)
+            yield BatchResult([items[i].name for i, *_ in batch], errors, [None] * len(batch), valid, outputs)
+        if mismatched:
+            log.warning(f"warning: {mismatched} input(s) do not look like the {self.faces.mode} face crops "
+                        f"this model was trained on (e.g. {first}); without --no-detect, predict detects "
+                        "and crops the faces itself")
+
+    def _run_faces(self, items, faces: FacePreprocessing, batch_size: int, strict: bool,
+                   every: int) -> Iterator[BatchResult]:
+        for batch in batches(FaceRows(faces, self.preprocessing, every).rows(items), batch_size):
+            errors = [row.error for row in batch]
+            if strict and any(errors):
+                raise DistmtlError(next(e for e in errors if e))
+            valid = np.array([row.tensor is not None for row in batch])
+            outputs = self.forward(torch.stack([r.tensor for r in batch if r.tensor is not None])) \
+                if valid.any() else {}
+            yield BatchResult([row.name for row in batch], errors, [row.face_values() for row in batch],
+                              valid, outputs)
 
     def frame(self, results: Sequence[BatchResult], compound: bool = False,
               detect: bool = False) -> pd.DataFrame:
@@ -333,11 +352,11 @@ class Predictor:
         data: dict[str, Any] = {"input": [name for r in results for name in r.names]}
         probs: dict[str, np.ndarray] = {}
         if detect:
-            faces = [face for r in results for face in r.faces]
-            data["face_detected"] = pd.array([None if f is None else f[0] for f in faces], dtype="Int64")
-            for k, col in enumerate(FACE_COLUMNS[1:]):
-                data[col] = pd.array([None if f is None or f[1] is None else f[1][k] for f in faces],
-                                     dtype="Int64")
+            faces = [face or {} for r in results for face in r.faces]
+            for col in FACE_COLUMNS:
+                values = [f.get(col) for f in faces]
+                data[col] = pd.array(values, dtype="Int64") if col in INTEGER_FACE_COLUMNS else \
+                    np.array([np.nan if v is None else v for v in values], dtype=np.float64)
         for name, groups in self.task_columns.items():
             task = self.tasks[name]
             values = np.full((n, task.num_outputs), np.nan, dtype=np.float32)
@@ -376,23 +395,28 @@ class Predictor:
         return best
 
     def iter_predict(self, inputs, batch_size: int = 32, num_workers: int = 0, *, strict: bool = False,
-                     compound: bool = False, detect: bool = False) -> Iterator[pd.DataFrame]:
-        """One DataFrame per finished batch (for streaming to a file)."""
-        self.columns(compound, detect)
-        for result in self.run(inputs, batch_size, num_workers, strict=strict, detect=detect):
-            yield self.frame([result], compound=compound, detect=detect)
+                     compound: bool = False, detect: bool | None = None, **face_options) -> Iterator[pd.DataFrame]:
+        """One DataFrame per finished batch (for streaming to a file); ``face_options``: ``backend``,
+        ``min_face_score``, ``every`` (see :meth:`run`)."""
+        layout = self.face_preprocessing(detect).mode != "none"
+        self.columns(compound, layout)
+        for result in self.run(inputs, batch_size, num_workers, strict=strict, detect=detect, **face_options):
+            yield self.frame([result], compound=compound, detect=layout)
 
     def predict(self, inputs, batch_size: int = 32, num_workers: int = 0, *, strict: bool = False,
-                compound: bool = False, detect: bool = False) -> pd.DataFrame:
-        """One row per input with the columns of :meth:`columns` (see the module docstring)."""
-        self.columns(compound, detect)
-        results = list(self.run(inputs, batch_size, num_workers, strict=strict, detect=detect))
-        return self.frame(results, compound=compound, detect=detect)
+                compound: bool = False, detect: bool | None = None, **face_options) -> pd.DataFrame:
+        """One row per input, or per (input, frame, face) when faces are detected, with the columns
+        of :meth:`columns` (see the module docstring)."""
+        layout = self.face_preprocessing(detect).mode != "none"
+        self.columns(compound, layout)
+        results = list(self.run(inputs, batch_size, num_workers, strict=strict, detect=detect, **face_options))
+        return self.frame(results, compound=compound, detect=layout)
 
     def describe(self) -> dict[str, Any]:
         """Label orders and thresholds (what a prediction file's sidecar records)."""
         return {"tasks": {t: {"kind": task.kind, "labels": list(task.labels)} for t, task in self.tasks.items()},
                 "thresholds": {t: dict(zip(self.tasks[t].labels, map(float, v)))
                                for t, v in self.thresholds.items()},
-                "preprocessing": self.preprocessing.to_dict(), "config_sha256": self.config_sha256}
+                "preprocessing": self.preprocessing.to_dict(), "faces": self.faces.to_dict(),
+                "config_sha256": self.config_sha256}
 
