@@ -152,13 +152,13 @@ def test_each_epoch_draws_a_new_order_under_lightning(files, tmp_path):
     exp = build_experiment(resolve(raw_config(files, max_steps=30, val_every_steps=30)), with_eval=False)
     dm = datamodule_from_experiment(exp)
     seen = []
-    original = dm.sampler.global_batches
+    original = dm.sampler.iter_global_batches
 
-    def recording():
+    def recording(start=0):
         seen.append(dm.sampler.epoch)
-        return original()
+        return original(start)
 
-    dm.sampler.global_batches = recording
+    dm.sampler.iter_global_batches = recording
     trainer = make_trainer(exp.config, tmp_path, progress=False)
     trainer.fit(module_from_experiment(exp), datamodule=dm)
     assert seen == [0, 1]  # 15 batches per epoch, 30 steps
