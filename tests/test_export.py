@@ -45,7 +45,8 @@ def test_config_holds_everything_needed_to_run_the_model(tiny_run):
     assert config["tasks"]["expression"] == {"kind": "multiclass", "labels": list(BASIC_EXPRESSIONS)}
     assert config["tasks"]["au"]["labels"] == list(AUS_17)
     assert config["tasks"]["va"]["range"] == [-1.0, 1.0]
-    assert config["preprocessing"] == {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}
+    assert config["preprocessing"] == {"size": 32, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3,
+                                       "interpolation": "bilinear"}
     assert list(config["thresholds"]["au"]) == list(AUS_17)
     assert all(0.0 < t < 1.0 for t in config["thresholds"]["au"].values())
     assert config["calibration"]["au"]["source"] == str(tiny_run.csv)  # the experiment's data.val

@@ -32,10 +32,13 @@ DEFAULTS: dict[str, Any] = {
         "val": ANY,
         "test": ANY,
         "oracle": ANY,  # the training images with every label (for compare's oracle variant)
-        "image_size": 64,
+        # image_size, mean, std, interpolation: the backbone's pretrained config when pretrained
+        # weights are used (model.pretrained or model.weights), else DATA_FALLBACK; the YAML wins
+        "image_size": ANY,
         "channels": 3,
-        "mean": [0.5, 0.5, 0.5],
-        "std": [0.5, 0.5, 0.5],
+        "mean": ANY,
+        "std": ANY,
+        "interpolation": ANY,
         "sampling": ANY,  # equal | proportional | sqrt | [w, ...]
         "batch_size": 64,
         "eval_batch_size": 256,
@@ -55,7 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "relatedness": ANY,  # list of edges, see EDGE_DEFAULTS
     "losses": {FREE: ANY},  # per task: label_smoothing, class_weight, pos_weight, loss (ccc|mse)
     "weighting": {"name": "equal", "options": {FREE: ANY}},
-    "model": {"backbone": "test_resnet", "pretrained": False, "head": "linear", "hidden": 256,
+    "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "head": "linear", "hidden": 256,
               "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},
     "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "schedule": "cosine",
               "warmup_steps": 50},
@@ -82,6 +85,8 @@ EDGE_DEFAULTS: dict[str, Any] = {
     "dm_a_to_b": dict(MATCHING_DEFAULTS),
     "dm_b_to_a": dict(MATCHING_DEFAULTS, form="ce"),
 }
+
+DATA_FALLBACK = {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
 
 SOURCE_KEYS = {"name", "csv", "loader", "root", "split", "options", "rename", "skip_bad_rows",
                "check_images", "max_repeats"}
@@ -175,6 +180,7 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     if config["data"]["faces"] is None:
         config["data"]["faces"] = "auto"
     _check_faces(config["data"]["faces"])
+    resolve_data_config(config)
     _check_loader_options(config["data"])
     if not isinstance(config["tasks"], dict) or not config["tasks"]:
         raise DistmtlError("tasks: expected a mapping of task name -> {kind, labels}")
@@ -197,6 +203,37 @@ def _check_faces(spec: Any) -> None:
     from distmtl.faces.align import FacePreprocessing
 
     FacePreprocessing.from_dict(spec, "data.faces")
+
+
+def resolve_data_config(config: dict[str, Any]) -> None:
+    """Fill ``data.image_size / mean / std / interpolation`` the YAML leaves unset.
+
+    With pretrained weights (``model.pretrained`` or ``model.weights``) they come from the backbone's
+    pretrained config (:func:`timm.data.resolve_data_config`), so the inputs are normalised as the
+    weights were trained; otherwise from ``DATA_FALLBACK``. ``config['_data_from_backbone']`` lists
+    the keys taken from the backbone."""
+    data, model = config["data"], config["model"]
+    unset = [k for k in DATA_FALLBACK if data.get(k) is None]
+    config["_data_from_backbone"] = []
+    values = DATA_FALLBACK
+    if unset and (model["pretrained"] or model["weights"] is not None):
+        from distmtl.models import backbone_data_config
+
+        values = {**DATA_FALLBACK, **backbone_data_config(model["backbone"])}
+        config["_data_from_backbone"] = unset
+    for key in unset:
+        data[key] = copy.deepcopy(values[key])
+    if isinstance(data["image_size"], bool) or not isinstance(data["image_size"], int) or data["image_size"] < 1:
+        raise DistmtlError(f"data.image_size: expected a positive integer, got {data['image_size']!r}")
+    for key in ("mean", "std"):
+        if not isinstance(data[key], list) or not data[key] or \
+                not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in data[key]):
+            raise DistmtlError(f"data.{key}: expected a list of numbers, got {data[key]!r}")
+    from distmtl.data.transforms import INTERPOLATIONS
+
+    if data["interpolation"] not in INTERPOLATIONS:
+        raise DistmtlError(f"data.interpolation: unknown mode '{data['interpolation']}'"
+                           f"{close_matches(str(data['interpolation']), INTERPOLATIONS)}")
 
 
 def _check_source(src: Any, where: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import timm
 import torch
@@ -13,20 +14,135 @@ from distmtl.errors import DistmtlError, close_matches
 from distmtl.tasks import Task
 
 
+HUB_PREFIXES = ("hf-hub:", "local-dir:")  # timm resolves these itself (a Hub repo, a local folder)
+
+
 def check_backbone(name: str) -> None:
-    """A one-line error naming ``model.backbone`` and the closest timm names, unless timm knows ``name``."""
+    """A one-line error naming ``model.backbone`` and the closest timm names, unless timm knows ``name``.
+
+    ``hf-hub:org/name`` and ``local-dir:PATH`` are timm's own prefixes for a model whose config and
+    weights live in a Hugging Face Hub repo or a folder; timm checks them when the model is built."""
+    if isinstance(name, str) and name.startswith(HUB_PREFIXES) and len(name.split(":", 1)[1]) > 0:
+        return
     if not isinstance(name, str) or not timm.is_model(name):
         raise DistmtlError(f"model.backbone: unknown timm model '{name}'"
-                           f"{close_matches(str(name), timm.list_models(), n=5)}")
+                           f"{close_matches(str(name), timm.list_models(), n=5)}"
+                           f" (a Hub model is named hf-hub:org/name)")
 
 
-def create_backbone(name: str, in_chans: int, pretrained: bool = False, **kwargs) -> nn.Module:
-    """Any timm model by name, as a feature extractor (``num_classes=0``: pooled features)."""
+def _hub_error(name: str, exc: BaseException) -> DistmtlError:
+    """One line for a backbone that cannot be fetched, saying when offline mode is the reason."""
+    from huggingface_hub import constants
+
+    text = " ".join(str(exc).split())[:300]
+    if constants.is_offline_mode() and name.startswith("hf-hub:"):
+        return DistmtlError(f"model.backbone: cannot load '{name}': not in the local Hugging Face cache "
+                            f"({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set")
+    return DistmtlError(f"model.backbone: cannot load '{name}': {type(exc).__name__}: {text}")
+
+
+def backbone_pretrained_cfg(name: str) -> dict:
+    """The backbone's pretrained config (input size, mean, std, interpolation, ...) as a dict.
+
+    From timm's registry for a plain name (``resnet18.a1_in1k``), from the repo's ``config.json``
+    for ``hf-hub:`` (the local Hugging Face cache when offline), from ``PATH/config.json`` for
+    ``local-dir:PATH``. Empty when timm has none."""
+    check_backbone(name)
+    if name.startswith(HUB_PREFIXES):
+        from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+
+        try:
+            if name.startswith("hf-hub:"):
+                cfg, _, _ = load_model_config_from_hf(name[len("hf-hub:"):])
+            else:
+                cfg, _, _ = load_model_config_from_path(name[len("local-dir:"):])
+        except Exception as exc:  # noqa: BLE001 - network, cache and file errors alike
+            raise _hub_error(name, exc) from None
+        return dict(cfg)
+    cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
+    return cfg.to_dict() if cfg is not None else {}
+
+
+def backbone_data_config(name: str) -> dict:
+    """``{image_size, mean, std, interpolation}`` the backbone's pretrained weights expect
+    (:func:`timm.data.resolve_data_config` of its pretrained config); empty when it has none."""
+    cfg = backbone_pretrained_cfg(name)
+    if not cfg:
+        return {}
+    data = timm.data.resolve_data_config(pretrained_cfg=cfg)
+    _, height, width = data["input_size"]
+    return {"image_size": int(max(height, width)), "mean": [float(v) for v in data["mean"]],
+            "std": [float(v) for v in data["std"]], "interpolation": str(data["interpolation"])}
+
+
+def read_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from a ``.safetensors`` file or a torch file read with ``weights_only=True``.
+
+    Checkpoint wrappers (``state_dict``, ``model``, EMA) and a ``module.`` prefix are undone by
+    timm's own :func:`timm.models.load_state_dict`; nothing is unpickled beyond plain tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise DistmtlError(f"model.weights: {path}: file not found")
+    try:
+        state = timm.models.load_state_dict(str(path), weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - unreadable, not weights, or needs unpickling
+        text = " ".join(str(exc).split())[:200]
+        raise DistmtlError(f"model.weights: {path}: not a safetensors file or a plain state dict "
+                           f"({type(exc).__name__}: {text})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise DistmtlError(f"model.weights: {path}: does not hold a state dict of tensors")
+    return state
+
+
+def load_backbone_weights(backbone: nn.Module, path: str | Path, in_chans: int) -> None:
+    """Load a weights file into a backbone built with ``num_classes=0``.
+
+    The classifier of the file (named by the model's pretrained config) is dropped and the first
+    convolution adapted to ``in_chans`` with timm's helper, as timm does for its own weights; any
+    other key missing or left over is an error that names it."""
+    state = read_weights_file(path)
+    cfg = getattr(backbone, "pretrained_cfg", None) or {}
+    classifiers = cfg.get("classifier") or ()
+    for name in (classifiers,) if isinstance(classifiers, str) else classifiers:
+        state.pop(f"{name}.weight", None)
+        state.pop(f"{name}.bias", None)
+    first_conv = cfg.get("first_conv")
+    for name in (first_conv,) if isinstance(first_conv, str) else (first_conv or ()):
+        key = f"{name}.weight"
+        if key in state and state[key].dim() == 4 and state[key].shape[1] != in_chans:
+            state[key] = timm.models.adapt_input_conv(in_chans, state[key])
+    own = backbone.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        parts = ([f"{len(missing)} missing (e.g. {', '.join(missing[:3])})"] if missing else []) + \
+                ([f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})"] if unexpected else [])
+        raise DistmtlError(f"model.weights: {path}: keys do not match backbone "
+                           f"'{cfg.get('architecture', '?')}': {'; '.join(parts)}")
+    try:
+        backbone.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DistmtlError(f"model.weights: {path}: shapes do not match the backbone "
+                           f"({' '.join(str(exc).split())[:200]})") from None
+
+
+def create_backbone(name: str, in_chans: int, pretrained: bool = False, weights: str | Path | None = None,
+                    **kwargs) -> nn.Module:
+    """Any timm model by name, as a feature extractor (``num_classes=0``: pooled features).
+
+    ``weights`` (a file) replaces timm's pretrained weights: nothing is downloaded for them."""
     check_backbone(name)
     try:
-        return timm.create_model(name, pretrained=pretrained, num_classes=0, in_chans=in_chans, **kwargs)
+        model = timm.create_model(name, pretrained=pretrained and weights is None, num_classes=0,
+                                  in_chans=in_chans, **kwargs)
     except TypeError as exc:
         raise DistmtlError(f"model.backbone_kwargs: {name} rejects them ({exc})") from None
+    except (OSError, RuntimeError, ValueError) as exc:
+        if name.startswith(HUB_PREFIXES) or pretrained:
+            raise _hub_error(name, exc) from None
+        raise
+    if weights is not None:
+        load_backbone_weights(model, weights, in_chans)
+    return model
 
 
 class ArcMarginHead(nn.Module):
@@ -67,10 +183,12 @@ def make_head(kind: str, in_features: int, out_features: int, hidden: int, drop:
 class MultiTaskNet(nn.Module):
     def __init__(self, tasks: Mapping[str, Task], backbone: str = "test_resnet", in_chans: int = 3,
                  pretrained: bool = False, head: str = "linear", hidden: int = 256,
-                 drop_rate: float = 0.0, backbone_kwargs: Mapping | None = None):
+                 drop_rate: float = 0.0, backbone_kwargs: Mapping | None = None,
+                 weights: str | Path | None = None):
         super().__init__()
         self.tasks = dict(tasks)
-        self.backbone = create_backbone(backbone, in_chans, pretrained, **dict(backbone_kwargs or {}))
+        self.backbone = create_backbone(backbone, in_chans, pretrained, weights=weights,
+                                        **dict(backbone_kwargs or {}))
         self.num_features = self.backbone.num_features
         heads = {}
         for name, task in self.tasks.items():

@@ -106,6 +106,11 @@ def as_uint8_tensor(image: Image.Image) -> torch.Tensor:
     return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
 
 
+def pil_resample(interpolation: str) -> int:
+    """Pillow's resampling filter for ``data.interpolation`` (timm's names)."""
+    return getattr(Image.Resampling, interpolation.upper())
+
+
 class DecodeResize:
     """Worker side of the ``device`` path: the decoded image resized to size x size, uint8, and the
     sample's augmentation numbers (applied later by :func:`augment_batch`)."""
@@ -118,11 +123,12 @@ class DecodeResize:
         if isinstance(image, torch.Tensor):  # cached pixels, already in the model's colour mode
             tensor = image
             if tensor.shape[1:] != (s, s):
-                tensor = F.interpolate(tensor[None].float(), size=(s, s), mode="bilinear",
+                mode = "bicubic" if self.pre.interpolation == "bicubic" else "bilinear"
+                tensor = F.interpolate(tensor[None].float(), size=(s, s), mode=mode,
                                        antialias=True, align_corners=False)[0].round().clamp(0, 255).byte()
         else:
             if image.size != (s, s):
-                image = image.resize((s, s), Image.BILINEAR, reducing_gap=2.0)
+                image = image.resize((s, s), pil_resample(self.pre.interpolation), reducing_gap=2.0)
             tensor = as_uint8_tensor(image)
         return {"image": tensor, "aug": draw_params()}
 
@@ -149,7 +155,8 @@ class FusedAugment:
         t = affine_theta(params, self.aug)[0].tolist()
         coeffs = (width / s * t[0][0], width / s * t[0][1], width / 2 * (t[0][2] + 1 - t[0][0] - t[0][1]),
                   height / s * t[1][0], height / s * t[1][1], height / 2 * (t[1][2] + 1 - t[1][0] - t[1][1]))
-        image = image.transform((s, s), Image.AFFINE, coeffs, resample=Image.BILINEAR, fillcolor=0)
+        resample = Image.BICUBIC if self.pre.interpolation == "bicubic" else Image.BILINEAR  # affine: these two
+        image = image.transform((s, s), Image.AFFINE, coeffs, resample=resample, fillcolor=0)
         if self.aug.color_jitter:
             image = self._colour(image, colour_factors(params, self.aug)[0].tolist())
         x = as_uint8_tensor(image).float().div_(255)

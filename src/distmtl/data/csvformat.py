@@ -83,7 +83,8 @@ class EncodedSource:
         return {t: int(m.reshape(len(m), -1).any(axis=1).sum()) for t, m in self.masks.items()}
 
 
-def cache_images(source: EncodedSource, size: int, channels: int, progress: bool = False) -> EncodedSource:
+def cache_images(source: EncodedSource, size: int, channels: int, progress: bool = False,
+                 interpolation: str = "bilinear") -> EncodedSource:
     """Decode every image once, resized to ``size``, into one uint8 array held in memory.
 
     For datasets that fit in RAM (SynthFACS, Fashion-MNIST, small studies) this removes PNG decoding
@@ -102,7 +103,7 @@ def cache_images(source: EncodedSource, size: int, channels: int, progress: bool
                                   disable=not progress, leave=False)):
         img = load_image(path, channels)
         if img.size != (size, size):
-            img = img.resize((size, size), Image.BILINEAR)
+            img = img.resize((size, size), getattr(Image.Resampling, interpolation.upper()))
         pixels[i] = np.asarray(img)
     return dataclasses.replace(source, images=np.arange(len(source)), pixels=pixels,
                                notes=list(source.notes))

@@ -18,21 +18,33 @@ from torchvision.transforms import v2
 from distmtl.errors import DistmtlError
 
 
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos", "box", "hamming")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     size: int = 64
     channels: int = 3
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"  # of every resize (timm's names)
 
     def __post_init__(self):
         if self.channels not in (1, 3):
             raise DistmtlError(f"data.channels: must be 1 (grayscale) or 3 (RGB), got {self.channels}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise DistmtlError(f"data.interpolation: unknown mode '{self.interpolation}' "
+                               f"(one of {', '.join(INTERPOLATIONS)})")
         object.__setattr__(self, "mean", tuple(self.mean)[: self.channels] or (0.5,) * self.channels)
         object.__setattr__(self, "std", tuple(self.std)[: self.channels] or (0.5,) * self.channels)
 
     def to_dict(self) -> dict:
-        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std)}
+        return {"size": self.size, "channels": self.channels, "mean": list(self.mean), "std": list(self.std),
+                "interpolation": self.interpolation}
+
+    @property
+    def mode(self) -> v2.InterpolationMode:
+        return v2.InterpolationMode(self.interpolation)
 
 
 @dataclass(frozen=True)
@@ -157,7 +169,7 @@ def _finish(pre: Preprocessing) -> list:
 
 
 def eval_transform(pre: Preprocessing) -> v2.Compose:
-    return v2.Compose([v2.Resize((pre.size, pre.size), antialias=True), *_finish(pre)])
+    return v2.Compose([v2.Resize((pre.size, pre.size), interpolation=pre.mode, antialias=True), *_finish(pre)])
 
 
 def preprocess(image: Image.Image, pre: Preprocessing) -> torch.Tensor:

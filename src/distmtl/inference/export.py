@@ -10,7 +10,7 @@ A model folder holds
   versions that exported it), ``name`` (the experiment), ``model`` (``backbone``, ``in_chans``,
   ``head``, ``hidden``, ``drop_rate``, ``backbone_kwargs``), ``tasks`` (``{name: {kind, labels,
   range?, options?}}`` in output order; the label order is the column order of every output),
-  ``preprocessing`` (``size``, ``channels``, ``mean``, ``std``: resize to size x size with
+  ``preprocessing`` (``size``, ``channels``, ``mean``, ``std``, ``interpolation``: resize to size x size with
   antialiasing, scale to [0, 1], normalise, as in training-time evaluation), ``faces`` (the face
   preprocessing of the training images, :class:`distmtl.faces.FacePreprocessing`: ``mode``
   ``align`` / ``box`` / ``none``, ``size``, ``margin``, ``backend``, ``min_face_score``; predict
@@ -106,7 +106,7 @@ def tasks_from_config(config: Mapping[str, Any]) -> dict[str, Task]:
 def preprocessing_from_model_config(config: Mapping[str, Any]) -> Preprocessing:
     p = config["preprocessing"]
     return Preprocessing(size=int(p["size"]), channels=int(p["channels"]), mean=tuple(p["mean"]),
-                         std=tuple(p["std"]))
+                         std=tuple(p["std"]), interpolation=p.get("interpolation", "bilinear"))
 
 
 def build_net(config: Mapping[str, Any], tasks: Mapping[str, Task] | None = None) -> MultiTaskNet:
@@ -181,7 +181,8 @@ def model_config(module, thresholds: Mapping[str, Mapping[str, float]] | None = 
     config, m = module.config, module.config["model"]
     tasks = module.tasks
     pre = Preprocessing(size=config["data"]["image_size"], channels=config["data"]["channels"],
-                        mean=tuple(config["data"]["mean"]), std=tuple(config["data"]["std"]))
+                        mean=tuple(config["data"]["mean"]), std=tuple(config["data"]["std"]),
+                        interpolation=config["data"].get("interpolation") or "bilinear")
     thresholds = dict(thresholds or {})
     out_thresholds = {}
     for name, task in tasks.items():

@@ -69,7 +69,8 @@ def augment_on(config: dict) -> str:
 def preprocessing_from_config(config: dict) -> Preprocessing:
     data = config["data"]
     return Preprocessing(size=data["image_size"], channels=data["channels"],
-                         mean=tuple(data["mean"]), std=tuple(data["std"]))
+                         mean=tuple(data["mean"]), std=tuple(data["std"]),
+                         interpolation=data.get("interpolation") or "bilinear")
 
 
 def build_tasks(config: dict, training: list[LoadedSource] | None = None) -> dict[str, Task]:
@@ -142,7 +143,8 @@ def encode_source(loaded: LoadedSource, tasks: dict[str, Task], config: dict, wh
                   from_csv: bool) -> EncodedSource:
     encoded = encode(loaded, tasks)
     if config["data"]["cache_images"]:
-        encoded = cache_images(encoded, config["data"]["image_size"], config["data"]["channels"])
+        encoded = cache_images(encoded, config["data"]["image_size"], config["data"]["channels"],
+                               interpolation=config["data"].get("interpolation") or "bilinear")
     if not encoded.annotated_tasks and not any((g >= 0).any() for g in encoded.groups.values()):
         raise DistmtlError(f"{where} ('{loaded.name}'): annotates none of the configured tasks "
                            f"({', '.join(tasks)})")
@@ -246,6 +248,11 @@ def check_model_and_weighting(config: dict) -> None:
 
     if config.get("model"):
         check_backbone(config["model"]["backbone"])
+        weights = config["model"].get("weights")
+        if weights is not None:
+            from distmtl.models import read_weights_file
+
+            read_weights_file(weights)  # exists and holds plain tensors; matched to the backbone when built
     if config.get("weighting"):
         name = config["weighting"]["name"]
         if str(name).strip().lower() not in WEIGHTINGS:
