@@ -55,7 +55,8 @@ def test_non_finite_loss_is_skipped_and_counted_when_asked(files):
 
 
 @pytest.mark.slow
-def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(files, tmp_path):
+@pytest.mark.parametrize("form", ["csv", "shards"])
+def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(files, tmp_path, form):
     import os
     import signal
     import subprocess
@@ -69,6 +70,11 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(files, tmp_path
     raw = raw_config(files, max_steps=24, val_every_steps=12, checkpoint_every_steps=4)
     raw["weighting"] = {"name": "dynamic"}
     raw["trainer"]["log_every_n_steps"] = 1
+    if form == "shards":  # the same sources, packed: resuming must not depend on the source form
+        from distmtl.training.pack import pack_sources
+
+        packed = pack_sources(resolve(raw), tmp_path / "shards", progress=False)
+        raw["data"]["sources"] = [{"name": name, "shards": str(folder)} for name, folder, _ in packed]
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(raw))
     env = dict(os.environ, OMP_NUM_THREADS="1")  # the same thread count for both runs

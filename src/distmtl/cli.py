@@ -119,6 +119,18 @@ def cmd_data_synth(args) -> int:
     return 0
 
 
+def cmd_data_pack(args) -> int:
+    from distmtl.config import load_config
+    from distmtl.training.pack import pack_sources
+
+    config = load_config(args.config, args.overrides)
+    packed = pack_sources(config, args.out, names=args.source, include_eval=args.eval)
+    print("\nuse them in a config as:")
+    for name, folder, _ in packed:
+        print(f"    - {{name: {name}, shards: {folder}}}")
+    return 0
+
+
 def cmd_datasets_list(args) -> int:
     from distmtl.data.loaders.cli import list_datasets
 
@@ -186,6 +198,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_data_synth)
+    p = data.add_parser("pack", help="write a config's sources as shards (LitData chunks + a label table)")
+    p.add_argument("--config", required=True)
+    p.add_argument("--out", required=True, help="folder; each source goes to <out>/<source name>")
+    p.add_argument("--source", nargs="+", help="pack only these sources (by name)")
+    p.add_argument("--eval", action="store_true", help="also pack data.val and data.test")
+    p.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    p.set_defaults(func=cmd_data_pack)
 
     ds = sub.add_parser("datasets", help="named dataset loaders").add_subparsers(dest="ds_command", required=True)
     p = ds.add_parser("list")

@@ -89,7 +89,7 @@ EDGE_DEFAULTS: dict[str, Any] = {
 DATA_FALLBACK = {"image_size": 64, "mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bilinear"}
 
 SOURCE_KEYS = {"name", "csv", "loader", "root", "split", "options", "rename", "skip_bad_rows",
-               "check_images", "max_repeats"}
+               "check_images", "max_repeats", "shards"}
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
@@ -240,13 +240,13 @@ def _check_source(src: Any, where: str) -> None:
     if isinstance(src, str):
         return
     if not isinstance(src, dict):
-        raise DistmtlError(f"{where}: expected a mapping with 'csv' or 'loader'")
+        raise DistmtlError(f"{where}: expected a mapping with 'csv', 'loader' or 'shards'")
     for key in src:
         if key not in SOURCE_KEYS:
             raise DistmtlError(f"{where}.{key}: unknown key{close_matches(key, SOURCE_KEYS)}")
-    forms = [k for k in ("csv", "loader") if k in src]
+    forms = [k for k in ("csv", "loader", "shards") if k in src]
     if len(forms) != 1:
-        raise DistmtlError(f"{where}: give exactly one of 'csv' or 'loader'"
+        raise DistmtlError(f"{where}: give exactly one of 'csv', 'loader' or 'shards'"
                            + (f" (got {', '.join(forms)})" if forms else ""))
     if "max_repeats" in src:
         _check_max_repeats(src["max_repeats"], f"{where}.max_repeats")

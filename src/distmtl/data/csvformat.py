@@ -70,6 +70,7 @@ class EncodedSource:
     skipped: int = 0
     notes: list[str] = field(default_factory=list)
     groups: dict[str, np.ndarray] = field(default_factory=dict)
+    shards: str | None = None  # a packed source's folder (distmtl.data.shards): images are record indices
 
     def __len__(self) -> int:
         return len(self.images)
@@ -99,14 +100,19 @@ def cache_images(source: EncodedSource, size: int, channels: int, progress: bool
 
     shape = (len(source), size, size) if channels == 1 else (len(source), size, size, 3)
     pixels = np.empty(shape, dtype=np.uint8)
+    reader = None
+    if source.shards:
+        from distmtl.data.shards import ShardReader
+
+        reader = ShardReader(source.shards)
     for i, path in enumerate(tqdm(source.images, desc=f"caching {source.name}", unit="img",
                                   disable=not progress, leave=False)):
-        img = load_image(path, channels)
+        img = load_image(reader[int(path)] if reader is not None else path, channels)
         if img.size != (size, size):
             img = img.resize((size, size), getattr(Image.Resampling, interpolation.upper()))
         pixels[i] = np.asarray(img)
     return dataclasses.replace(source, images=np.arange(len(source)), pixels=pixels,
-                               notes=list(source.notes))
+                               notes=list(source.notes), shards=None)
 
 
 def task_columns(task: Task) -> list[str]:
@@ -408,6 +414,7 @@ def encode(loaded: LoadedSource, tasks: Mapping[str, Task]) -> EncodedSource:
         skipped=loaded.skipped,
         notes=list(loaded.notes),
         groups=groups,
+        shards=loaded.shards,
     )
 
 

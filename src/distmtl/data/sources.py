@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 
 from distmtl.data.csvformat import EncodedSource
 from distmtl.data.transforms import array_to_image, load_image
+from distmtl.errors import DistmtlError
 
 
 class SourceDataset(Dataset):
@@ -26,6 +27,7 @@ class SourceDataset(Dataset):
         self.transform = transform  # returns the image tensor, or a dict of item fields ("image", "aug")
         self.channels = channels
         self.draft_size = draft_size  # training: JPEGs decode at a reduced DCT scale covering this
+        self._reader = None  # a packed source's records, opened in the process that reads them
         self._targets = {t: torch.from_numpy(v) for t, v in source.targets.items()}
         self._masks = {t: torch.from_numpy(v) for t, v in source.masks.items()}
         # a source restricted to some tasks (dataclasses.replace of targets/masks) keeps all groups
@@ -43,6 +45,15 @@ class SourceDataset(Dataset):
                 tensor = torch.from_numpy(np.ascontiguousarray(array))
                 return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1)
             return array_to_image(array, self.channels)
+        if self.source.shards is not None:
+            if self._reader is None:
+                from distmtl.data.shards import ShardReader
+
+                self._reader = ShardReader(self.source.shards)
+            try:
+                return load_image(self._reader[int(ref)], self.channels, self.draft_size)
+            except DistmtlError as exc:
+                raise DistmtlError(f"{self.source.shards} record {int(ref)}: {exc}") from None
         return load_image(ref, self.channels, self.draft_size)
 
     def __getitem__(self, i: int) -> dict:

@@ -103,7 +103,11 @@ def identities_in(task: str, training: list[LoadedSource]) -> list[str]:
 def source_label(spec: Any) -> str:
     if isinstance(spec, str):
         return Path(spec).stem
-    return spec.get("name") or (Path(spec["csv"]).stem if "csv" in spec else spec["loader"])
+    if spec.get("name"):
+        return spec["name"]
+    if "shards" in spec:
+        return Path(spec["shards"]).name
+    return Path(spec["csv"]).stem if "csv" in spec else spec["loader"]
 
 
 def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> EncodedSource:
@@ -122,7 +126,13 @@ def read_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
     skip = spec.get("skip_bad_rows", config["data"]["skip_bad_rows"])
     check = spec.get("check_images", config["data"].get("check_images", True))
     name = source_label(spec)
-    if "csv" in spec:
+    if "shards" in spec:  # packed: rows were validated when packed, the index lists every image
+        from distmtl.data.shards import read_shards
+
+        loaded = read_shards(spec["shards"], name=name, where=f"{where}.shards")
+        if spec.get("rename"):
+            loaded.frame = loaded.frame.rename(columns=dict(spec["rename"]))
+    elif "csv" in spec:
         loaded = read_csv_source(spec["csv"], tasks, name=name, rename=spec.get("rename"),
                                  skip_bad_rows=skip, check_images=check)
     else:

@@ -41,6 +41,7 @@ class LoadedSource:
     images: np.ndarray | None = None  # [N, H, W] or [N, H, W, C] uint8 when not file-backed
     skipped: int = 0  # rows dropped because the user asked to skip malformed ones (counted, logged)
     notes: list[str] = field(default_factory=list)
+    shards: str | None = None  # a packed source's folder: ``image`` holds record indices into it
 
 
 @dataclass
