@@ -110,7 +110,7 @@ def test_only_enabled_terms_and_dm_scale():
     scaled = edge(outputs, targets, masks, dm_scale=0.25)
     close(scaled["coann:au->expr"], full["coann:au->expr"])  # co-annotation is not ramped
     close(scaled["dm:expr->au"], 0.25 * full["dm:expr->au"])
-    close(full["dm:expr->au"], 2.0 * dm_a_to_b(outputs["expr"], outputs["au"], R, "paper"))
+    close(full["dm:expr->au"], 2.0 * dm_a_to_b(outputs["expr"], outputs["au"], R, "kl"))
 
 
 def test_hard_variant_and_only_unlabelled():
@@ -236,6 +236,6 @@ def test_edge_validates_its_config_and_matrix():
 
 def test_default_config_forms():
     config = EdgeConfig.from_dict({"dm_b_to_a": {"enabled": True}})
-    assert config.dm_a_to_b.form == "paper" and config.dm_b_to_a.form == "ce"
+    assert config.dm_a_to_b.form == "kl" and config.dm_b_to_a.form == "ce"  # one default, as in YAML
     assert EdgeConfig().dm_b_to_a.form == "ce" and EdgeConfig().eps == 0.05
     assert config.dm_b_to_a.stop_gradient is True and config.coannotation.enabled is False

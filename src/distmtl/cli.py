@@ -18,25 +18,33 @@ EXTENSION_COMMANDS = ("distmtl.inference.cli", "distmtl.inference.relatedness_cl
 
 def cmd_train(args) -> int:
     from distmtl.config import load_config
-    from distmtl.training.experiment import build_experiment
-    from distmtl.training.runner import check_trainable, set_threads, train_experiment
+    from distmtl.training.runner import run_folder, set_threads, train_experiment, variant_plan
 
     config = load_config(args.config, args.overrides)
-    exp = build_experiment(config)
+    runs = variant_plan(config, args.variant, "--variant")
     if args.dry_run:
-        check_trainable(exp)
-        print(describe_experiment(exp))
+        from distmtl.training.runner import check_trainable
+
+        for name, exp, _ in runs:
+            if args.variant is None:
+                check_trainable(exp)
+            if name and len(runs) > 1:
+                print(f"run {name}:")
+            print(describe_experiment(exp))
         return 0
     set_threads()
     out = Path(args.out or config["output"]["dir"] or Path("runs") / config["name"])
-    results = train_experiment(exp, out, resume=args.resume)
     from distmtl.evaluation.metrics import format_metrics_table
 
-    for split in ("val", "test"):
-        if split in results:
-            print(f"\n{split} metrics (best checkpoint):")
-            print(format_metrics_table(results[split], exp.tasks))
-    print(f"\ncheckpoint: {results['checkpoint']}")
+    for name, exp, _ in runs:
+        if name and len(runs) > 1:
+            print(f"\nrun {name}:")
+        results = train_experiment(exp, run_folder(out, name, runs), resume=args.resume)
+        for split in ("val", "test"):
+            if split in results:
+                print(f"\n{split} metrics (best checkpoint):")
+                print(format_metrics_table(results[split], exp.tasks))
+        print(f"\ncheckpoint: {results['checkpoint']}")
     return 0
 
 
@@ -52,6 +60,13 @@ def describe_experiment(exp) -> str:
     for e in exp.edges:
         lines.append(f"  relatedness {e.task_a} -> {e.task_b}: {e.relatedness.name or 'table'} "
                      f"{e.relatedness.matrix.shape[0]}x{e.relatedness.matrix.shape[1]}")
+    from distmtl.training.variants import loss_terms
+
+    lines.append("  loss terms trained (name, weight, form):")
+    for term in loss_terms(exp):
+        lines.append(f"    {term['name']:<32} {term['weight']!s:<18} {term['form']}")
+    if exp.edges and not any(t["name"].startswith("term/") for t in loss_terms(exp)):
+        lines.append("    (no coupling term: every edge's terms are disabled)")
     from distmtl.training.runner import datamodule_from_experiment
 
     trainer = exp.config["trainer"]
@@ -159,7 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--out", help="run folder (default output.dir or runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
-    p.add_argument("--dry-run", action="store_true", help="validate the config and data, train nothing")
+    p.add_argument("--dry-run", action="store_true",
+                   help="validate the config and data, list the loss terms, train nothing")
+    p.add_argument("--variant", help="train one of compare's variants instead of the config as written: "
+                   "single, mtl, coann, dm, coann+dm, oracle")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.set_defaults(func=cmd_train)
 

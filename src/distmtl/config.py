@@ -20,7 +20,8 @@ FREE = "__free__"  # a mapping whose keys are the user's (task names, options)
 
 # A->B defaults to the Bernoulli KL form: with a detached target it is the one form whose minimum
 # is p^B = q ("paper" and "bce" are linear in p^B; see losses/distribution_matching.py).
-MATCHING_DEFAULTS = {"enabled": False, "weight": 1.0, "form": "kl", "stop_gradient": True,
+# A coupling term an edge names is on unless it says enabled: false (None: not said).
+MATCHING_DEFAULTS = {"enabled": ANY, "weight": 1.0, "form": "kl", "stop_gradient": True,
                      "only_unlabelled": False}
 
 DEFAULTS: dict[str, Any] = {
@@ -67,7 +68,8 @@ DEFAULTS: dict[str, Any] = {
     "train": {"max_steps": 1000, "val_every_steps": 250, "monitor": "val/score", "mode": "max",
               "until": "steps", "patience_steps": 750, "min_delta": 0.002,
               "early_stopping_patience": ANY, "checkpoint_every_steps": 500, "on_nan": "stop",
-              "dm_ramp_steps": 0, "deterministic": True},
+              "dm_ramp_steps": 0, "deterministic": True,
+              "label_share": {FREE: ANY}},  # task -> share of each batch whose labels are used
     "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "precision": "32-true", "accumulate_grad_batches": 1, "log_every_n_steps": 10,
                 "enable_progress_bar": True, "gradient_clip_val": ANY},
@@ -80,7 +82,7 @@ EDGE_DEFAULTS: dict[str, Any] = {
     "tasks": ANY,
     "table": ANY,  # builtin name, CSV path, or {estimate: source_name, alpha: 1}
     "eps": 0.05,
-    "coannotation": {"enabled": False, "variant": "soft", "weight": 1.0, "a_to_b": True,
+    "coannotation": {"enabled": ANY, "variant": "soft", "weight": 1.0, "a_to_b": True,
                      "b_to_a": True, "temperature": 1.0},
     "dm_a_to_b": dict(MATCHING_DEFAULTS),
     "dm_b_to_a": dict(MATCHING_DEFAULTS, form="ce"),
@@ -165,7 +167,8 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     edges = config.get("relatedness") or []
     if not isinstance(edges, list):
         raise DistmtlError("relatedness: expected a list of edges")
-    config["relatedness"] = [_merge(EDGE_DEFAULTS, e, f"relatedness[{i}]") for i, e in enumerate(edges)]
+    config["relatedness"] = [_resolve_terms(e, _merge(EDGE_DEFAULTS, e, f"relatedness[{i}]"), f"relatedness[{i}]")
+                             for i, e in enumerate(edges)]
     sources = config["data"]["sources"]
     if not isinstance(sources, list) or not sources:
         raise DistmtlError("data.sources: expected a non-empty list of sources")
@@ -234,6 +237,20 @@ def resolve_data_config(config: dict[str, Any]) -> None:
     if data["interpolation"] not in INTERPOLATIONS:
         raise DistmtlError(f"data.interpolation: unknown mode '{data['interpolation']}'"
                            f"{close_matches(str(data['interpolation']), INTERPOLATIONS)}")
+
+
+COUPLING_TERMS = ("coannotation", "dm_a_to_b", "dm_b_to_a")
+
+
+def _resolve_terms(given: Any, edge: dict[str, Any], where: str) -> dict[str, Any]:
+    """``enabled`` of each coupling term: as given, else on exactly when the edge names the term."""
+    for term in COUPLING_TERMS:
+        flag = edge[term]["enabled"]
+        if flag is None:
+            edge[term]["enabled"] = isinstance(given, Mapping) and isinstance(given.get(term), Mapping)
+        elif not isinstance(flag, bool):
+            raise DistmtlError(f"{where}.{term}.enabled: expected true or false, got {flag!r}")
+    return edge
 
 
 def _check_source(src: Any, where: str) -> None:
@@ -401,6 +418,18 @@ def check_values(config: Mapping[str, Any]) -> None:
     _check_sampling(config)
     _check_losses(config)
     _check_edges(config)
+    _check_label_share(config)
+
+
+def _check_label_share(config: Mapping[str, Any]) -> None:
+    tasks = config["tasks"]
+    for name, share in (config["train"]["label_share"] or {}).items():
+        where = f"train.label_share.{name}"
+        if name not in tasks:
+            raise DistmtlError(f"{where}: unknown task '{name}'{close_matches(str(name), tasks)}; "
+                               f"tasks: {', '.join(map(str, tasks))}")
+        if not _is_number(share) or not 0 < share <= 1:
+            raise DistmtlError(f"{where}: expected a share of the batch in (0, 1], got {share!r}")
 
 
 def _check_sampling(config: Mapping[str, Any]) -> None:

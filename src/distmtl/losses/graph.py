@@ -97,9 +97,13 @@ def _from_dict(cls: type, spec: Any, key: str, defaults: Mapping[str, Any] | Non
 
 @dataclass
 class CoannotationConfig:
-    """Co-annotation on an edge: pseudo-labels for the task a sample lacks."""
+    """Co-annotation on an edge: pseudo-labels for the task a sample lacks.
 
-    enabled: bool = False
+    A term that is named is on (``enabled`` defaults to True); an :class:`EdgeConfig` that does
+    not name it holds a disabled one.
+    """
+
+    enabled: bool = True
     variant: str = "soft"  # soft | hard
     weight: float = 1.0
     a_to_b: bool = True
@@ -124,12 +128,14 @@ class CoannotationConfig:
 class MatchingConfig:
     """Distribution matching in one direction of an edge.
 
-    ``form``: A -> B ``paper`` | ``bce`` | ``kl``; B -> A ``ce`` | ``kl``.
+    ``form``: A -> B ``kl`` (default; the one form whose minimum over ``p^B`` is the target when
+    the target is detached) | ``paper`` | ``bce``; B -> A ``ce`` | ``kl``. Named means on
+    (``enabled`` defaults to True), as for :class:`CoannotationConfig`.
     """
 
-    enabled: bool = False
+    enabled: bool = True
     weight: float = 1.0
-    form: str = "paper"
+    form: str = "kl"
     stop_gradient: bool = True
     only_unlabelled: bool = False
 
@@ -142,17 +148,25 @@ class MatchingConfig:
         return self
 
 
-def _b_to_a_matching() -> MatchingConfig:
-    return MatchingConfig(form="ce")
+def _no_coannotation() -> CoannotationConfig:
+    return CoannotationConfig(enabled=False)
+
+
+def _no_a_to_b_matching() -> MatchingConfig:
+    return MatchingConfig(enabled=False)
+
+
+def _no_b_to_a_matching() -> MatchingConfig:
+    return MatchingConfig(enabled=False, form="ce")
 
 
 @dataclass
 class EdgeConfig:
     """Everything one edge adds to the loss; ``eps`` clips ``R`` for the B -> A direction."""
 
-    coannotation: CoannotationConfig = field(default_factory=CoannotationConfig)
-    dm_a_to_b: MatchingConfig = field(default_factory=MatchingConfig)
-    dm_b_to_a: MatchingConfig = field(default_factory=_b_to_a_matching)
+    coannotation: CoannotationConfig = field(default_factory=_no_coannotation)
+    dm_a_to_b: MatchingConfig = field(default_factory=_no_a_to_b_matching)
+    dm_b_to_a: MatchingConfig = field(default_factory=_no_b_to_a_matching)
     eps: float = DEFAULT_EPS
 
     def validate(self, key: str = "relatedness") -> EdgeConfig:

@@ -14,88 +14,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from distmtl.data.csvformat import EncodedSource
-from distmtl.data.sampler import source_weights
 from distmtl.errors import DistmtlError, close_matches
 from distmtl.evaluation.metrics import PRIMARY_METRIC, SECONDARY_METRICS
 from distmtl.study.curves import plot_variant_curves
 from distmtl.study.parallel import PlannedRun, finished_run, started_run, train_runs  # noqa: F401
 from distmtl.study.report import RunRecord, format_table, summarise, write_results
-from distmtl.training.experiment import Edge, Experiment, build_experiment
+from distmtl.training.experiment import Experiment, build_experiment
 from distmtl.training.runner import check_trainable
+from distmtl.training.variants import (  # noqa: F401  (the variants' definitions, re-exported)
+    KNOWN_VARIANTS, coupled_edges, restrict, single_task_batch, variant_runs)
 
 log = logging.getLogger(__name__)
-
-KNOWN_VARIANTS = ("single", "mtl", "coann", "dm", "coann+dm", "oracle")
-
-
-def restrict(source: EncodedSource, tasks: list[str]) -> EncodedSource:
-    return dataclasses.replace(source, targets={t: source.targets[t] for t in tasks},
-                               masks={t: source.masks[t] for t in tasks})
-
-
-def coupled_edges(edges: list[Edge], coann: bool, dm: bool) -> list[Edge]:
-    out = []
-    for e in edges:
-        options = copy.deepcopy(e.options)
-        options["coannotation"]["enabled"] = coann
-        options["dm_a_to_b"]["enabled"] = dm
-        options["dm_b_to_a"]["enabled"] = dm
-        out.append(Edge(e.task_a, e.task_b, e.relatedness, options))
-    return out
-
-
-def variant_runs(exp: Experiment, variant: str) -> list[tuple[str, Experiment, list[str]]]:
-    """(run name, experiment, tasks it reports) for one variant."""
-    cfg = exp.config
-    if variant == "single":
-        runs = []
-        for t in exp.tasks:
-            sources = [restrict(s, [t]) for s in exp.train_sources if t in s.annotated_tasks]
-            evals = {k: restrict(s, [t]) for k, s in exp.eval_sources.items()}
-            run_cfg = copy.deepcopy(cfg)
-            run_cfg["data"]["batch_size"] = single_task_batch(exp, t)
-            if isinstance(run_cfg["data"]["sampling"], list):
-                weights = run_cfg["data"]["sampling"]
-                run_cfg["data"]["sampling"] = [w for w, s in zip(weights, exp.train_sources)
-                                               if t in s.annotated_tasks]
-            runs.append((f"single/{t}", Experiment(run_cfg, {t: exp.tasks[t]}, sources, evals), [t]))
-        return runs
-    if variant == "oracle":
-        if exp.oracle is None:
-            raise DistmtlError("compare.variants: 'oracle' needs data.oracle (every training image "
-                               "labelled for every task)")
-        return [("oracle", Experiment(cfg, exp.tasks, [exp.oracle], exp.eval_sources), list(exp.tasks))]
-    flags = {"mtl": (False, False), "coann": (True, False), "dm": (False, True), "coann+dm": (True, True)}
-    if variant not in flags:
-        raise DistmtlError(f"compare.variants: unknown variant '{variant}'"
-                           f"{close_matches(variant, KNOWN_VARIANTS)}; known: {', '.join(KNOWN_VARIANTS)}")
-    if variant != "mtl" and not exp.edges:
-        raise DistmtlError(f"compare.variants: '{variant}' needs at least one relatedness edge")
-    edges = coupled_edges(exp.edges, *flags[variant])
-    return [(variant, Experiment(cfg, exp.tasks, exp.train_sources, exp.eval_sources, None, edges),
-             list(exp.tasks))]
-
-
-def single_task_batch(exp: Experiment, task: str) -> int:
-    """Batch size of the single-task model of ``task`` under ``compare.single_task_batch``.
-
-    ``matched`` (default): the number of ``task``-labelled images a multi-task batch holds, so every
-    model sees the same labelled images of each task per optimiser step, and the single-task models
-    together cost what one multi-task model costs. ``full``: the whole batch, so a single-task model
-    sees more labels of its task per step than any multi-task model that shares batches between
-    sources (at budgets far from convergence this alone decides the comparison).
-    """
-    batch = int(exp.config["data"]["batch_size"])
-    mode = exp.config["compare"]["single_task_batch"]
-    if mode == "full":
-        return batch
-    if mode != "matched":
-        raise DistmtlError(f"compare.single_task_batch: unknown mode '{mode}' (matched or full)")
-    weights = source_weights([len(s) for s in exp.train_sources], exp.config["data"]["sampling"] or "equal")
-    share = sum(w for w, s in zip(weights, exp.train_sources) if task in s.annotated_tasks)
-    return max(1, int(round(batch * share)))
-
 
 def run_hash(exp: Experiment, seed: int) -> str:
     payload = {

@@ -106,6 +106,7 @@ class MultiTaskModule(L.LightningModule):
         targets, masks = batch["targets"], batch["masks"]
         id_targets = {t: targets[t] for t, task in self.tasks.items() if task.kind == "identity"}
         outputs, features = self.net(batch["image"], id_targets)
+        masks = self.label_budget(masks)
         present = [t for t in self.tasks if bool(masks[t].any())]
         losses = {t: task_loss(self.tasks[t], outputs[t], targets[t], masks[t], **self.loss_options[t])
                   for t in present}
@@ -128,6 +129,31 @@ class MultiTaskModule(L.LightningModule):
         for value in terms.values():
             total = total + value
         return total, logged
+
+    def label_budget(self, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """``train.label_share``: keep task ``t``'s labels on ``round(share_t * batch)`` samples.
+
+        The samples are the first labelled ones of one random order of the batch shared by all
+        tasks, so the samples kept for a scarcer task are also kept for the others. The oracle
+        variant uses it to get as many labels per task and step as a multi-task batch holds.
+        """
+        shares = self.config["train"].get("label_share") or {}
+        if not shares:
+            return dict(masks)
+        masks = dict(masks)
+        n = next(iter(masks.values())).shape[0]
+        order = torch.randperm(n)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(n)
+        for t, share in shares.items():
+            mask = masks[t]
+            rows = mask.reshape(n, -1).any(dim=1).cpu()
+            chosen = torch.where(rows, rank, rank + n).argsort()[:int(round(float(share) * n))]
+            keep = torch.zeros(n, dtype=torch.bool)
+            keep[chosen] = True
+            keep = (keep & rows).to(mask.device)
+            masks[t] = mask & keep.reshape((n,) + (1,) * (mask.dim() - 1))
+        return masks
 
     def _check_finite(self, values: Mapping[str, torch.Tensor], what: str) -> None:
         for name, value in values.items():

@@ -324,11 +324,41 @@ def load_module(path: str | Path) -> MultiTaskModule:
     return module
 
 
+def variant_plan(config: dict, variant: str | None,
+                 key: str = "variant") -> list[tuple[str, Experiment, list[str]]]:
+    """The runs of ``variant`` (None: the config as written, one run), each checked with
+    :func:`check_trainable` before any of them trains."""
+    from distmtl.training.variants import check_variant, variant_runs
+
+    if variant is None:
+        exp = build_experiment(config)
+        return [("", exp, list(exp.tasks))]
+    check_variant(variant, key)
+    exp = build_experiment(config, with_oracle=variant == "oracle")
+    runs = variant_runs(exp, variant, key)
+    for name, run, _ in runs:
+        try:
+            check_trainable(run)
+        except DistmtlError as exc:
+            raise DistmtlError(f"{key} {variant}, run '{name}': {exc}") from None
+    return runs
+
+
+def run_folder(out: Path, name: str, runs: list) -> Path:
+    """A variant with one run trains into ``out``; ``single`` into ``out/single-<task>``."""
+    return out if len(runs) == 1 else out / name.replace("/", "-")
+
+
 def train_from_config(config: dict, out_dir: str | Path | None = None, *, resume: bool = False,
-                      progress: bool | None = None) -> dict[str, Any]:
-    exp = build_experiment(config)
+                      progress: bool | None = None, variant: str | None = None) -> dict[str, Any]:
+    """Train the config as written, or one of ``compare``'s variants (``single``, ``mtl``,
+    ``coann``, ``dm``, ``coann+dm``, ``oracle``). Returns the run's metrics; for ``single``
+    (one run per task), ``{run name: metrics}``."""
     out = Path(out_dir or config["output"]["dir"] or Path("runs") / config["name"])
-    return train_experiment(exp, out, resume=resume, progress=progress)
+    runs = variant_plan(config, variant)
+    results = {name: train_experiment(exp, run_folder(out, name, runs), resume=resume, progress=progress)
+               for name, exp, _ in runs}
+    return next(iter(results.values())) if len(results) == 1 else results
 
 
 def set_threads() -> None:
