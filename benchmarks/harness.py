@@ -124,7 +124,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
                 cells += ["", "", ""]
                 continue
             r = row.iloc[0]
-            cells += [f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", _fmt(r["gap_closed"], 2), _verdict(r)]
+            gap = "n/a" if r.get("gap_note") else _fmt(r["gap_closed"], 2)  # oracle not above the spread
+            cells += [f"{_fmt(r['mean'])} ± {_fmt(r['std'])}", gap, _verdict(r)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

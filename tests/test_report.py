@@ -62,6 +62,23 @@ def test_missing_oracle_or_flat_gap_gives_none():
     assert _row(flat, "mtl")["gap_closed"] is None
 
 
+def test_gap_closed_is_na_with_reason_when_oracle_is_within_the_spread():
+    # the oracle above single-task by 0.02 with seed stds of 0.1: the ratio would read 2.0
+    values = {"single": [0.4, 0.5, 0.6], "mtl": [0.5, 0.54, 0.58], "oracle": [0.42, 0.52, 0.62]}
+    summary = summarise(_records(values))
+    row = _row(summary, "mtl")
+    assert row["gap_closed"] is None and "not above single-task by more than the spread" in row["gap_note"]
+    assert "gap closed n/a" in row["verdict"]
+    line = next(l for l in format_table(summary).splitlines() if "plain MTL" in l)
+    assert " n/a " in line and "2.000" not in format_table(summary)
+    # below single-task (lower is better here): n/a as well
+    worse = summarise(_records({"single": [0.3], "mtl": [0.35], "oracle": [0.4]}, metric="mse"))
+    assert _row(worse, "mtl")["gap_closed"] is None and _row(worse, "mtl")["gap_note"]
+    # well above the spread: a number
+    clear = summarise(_records({"single": [0.4, 0.5], "mtl": [0.6, 0.7], "oracle": [0.8, 0.9]}))
+    assert _row(clear, "mtl")["gap_closed"] == pytest.approx(0.5) and _row(clear, "mtl")["gap_note"] is None
+
+
 def test_negative_transfer_beyond_spread():
     # single mean 0.82 std 0.02, mtl mean 0.72 std 0.02: worse by 0.10 > 0.02
     summary = summarise(

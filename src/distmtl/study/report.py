@@ -44,7 +44,7 @@ RUN_COLUMNS = ("variant", "seed", "task", "metric", "value", "steps", "stopped")
 
 SUMMARY_COLUMNS = (
     "task", "metric", "variant", "display_name", "mean", "std", "n_seeds",
-    "gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
+    "gap_closed", "gap_note", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
     "steps", "plateau", "at_cap", "verdict",
 )
 
@@ -168,9 +168,11 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
                 negative, beats, verdict = _verdict(
                     variant, sign * (mean - single[0]), spread, min(n, single[2]) == 1
                 )
+            gap_note = None
             if n and single is not None and single[2] and oracle is not None and oracle[2]:
-                den = oracle[0] - single[0]
-                gap = (mean - single[0]) / den if abs(den) >= GAP_EPS else None
+                gap, gap_note = _gap_closed(mean, single, oracle, sign)
+                if gap_note and variant != "single":
+                    verdict += f"; gap closed n/a: {gap_note}"
             wins, paired, paired_sd = _paired(by_seed.get(variant, {}), by_seed.get("single", {}), sign)
             if variant != "single" and wins is not None:
                 verdict += f"; better in {wins} seeds (paired diff {paired:+.4f} ± {paired_sd:.4f})"
@@ -182,17 +184,35 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
             rows.append({
                 "task": task, "metric": metric, "variant": variant,
                 "display_name": display_name(variant), "mean": mean, "std": std, "n_seeds": n,
-                "gap_closed": gap, "negative_transfer": negative, "beats_single": beats,
+                "gap_closed": gap, "gap_note": gap_note, "negative_transfer": negative, "beats_single": beats,
                 "seed_wins": wins if variant != "single" else None,
                 "paired_diff": paired if variant != "single" else None,
                 "paired_std": paired_sd if variant != "single" else None,
                 "steps": steps, "plateau": plateau, "at_cap": at_cap, "verdict": verdict,
             })
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in ("gap_closed", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
+    for column in ("gap_closed", "gap_note", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
                    "steps", "plateau", "at_cap"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
+
+
+def _gap_closed(mean: float, single: tuple, oracle: tuple, sign: float) -> tuple[float | None, str | None]:
+    """``(gap closed, None)``, or ``(None, reason)`` when the oracle is not above single-task by
+    more than the spread (max of their stds): a ratio over a gap that is noise means nothing."""
+    diff = sign * (oracle[0] - single[0])
+    spread = max(oracle[1], single[1])
+    if diff <= spread or abs(diff) < GAP_EPS:
+        return None, (f"the oracle is not above single-task by more than the spread "
+                      f"({diff:+.4f} vs spread {spread:.4f})")
+    return (mean - single[0]) / (oracle[0] - single[0]), None
+
+
+def gap_cell(row, digits: int = 3) -> str:
+    """The gap-closed cell of a summary row: the number, ``n/a`` (reason in the verdict) or ``-``."""
+    if row.get("gap_note"):
+        return "n/a"
+    return _fmt(row["gap_closed"], digits)
 
 
 def _stopping(stops: list[tuple[int | None, str | None]]) -> tuple[float | None, str | None, int | None]:
@@ -222,7 +242,7 @@ def format_table(summary: pd.DataFrame) -> str:
     rows = [header] + [
         (
             str(r["task"]), str(r["metric"]), str(r["display_name"]), _mean_std(r),
-            str(r["n_seeds"]), _fmt(r["steps"], 0), str(r["plateau"] or "-"), _fmt(r["gap_closed"], 3),
+            str(r["n_seeds"]), _fmt(r["steps"], 0), str(r["plateau"] or "-"), gap_cell(r),
             str(r["verdict"]),
         )
         for _, r in summary.iterrows()
@@ -297,13 +317,14 @@ def results_markdown(
             verdict = str(r["verdict"]).replace("|", "\\|")
             lines.append(
                 f"| {r['display_name']} | {_mean_std(r)} | {r['n_seeds']} | {_fmt(r['steps'], 0)} "
-                f"| {r['plateau'] or '-'} | {_fmt(r['gap_closed'], 3)} | {verdict} |"
+                f"| {r['plateau'] or '-'} | {gap_cell(r)} | {verdict} |"
             )
         lines.append("")
     lines += ["## Summary", "", *(f"- {line}" for line in _conclusions(summary)), ""]
     lines.append(
         "Spread = max(std of variant, std of single-task) over seeds (sample std); gap closed = "
-        "(variant - single) / (oracle - single) on means."
+        "(variant - single) / (oracle - single) on means, n/a when the oracle is not above "
+        "single-task by more than the spread."
     )
     return "\n".join(lines) + "\n"
 
