@@ -223,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="store_true", help="also pack data.val and data.test")
     p.add_argument("overrides", nargs="*", help="key.path=value overrides")
     p.set_defaults(func=cmd_data_pack)
+    from distmtl.data.prepare_cli import add_parser as add_prepare_parser
+
+    add_prepare_parser(data)
 
     ds = sub.add_parser("datasets", help="named dataset loaders").add_subparsers(dest="ds_command", required=True)
     p = ds.add_parser("list")

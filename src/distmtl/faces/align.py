@@ -17,11 +17,10 @@ import numpy as np
 from skimage.transform import SimilarityTransform, warp
 
 from distmtl.errors import DistmtlError
-from distmtl.faces.detect import BACKENDS, DEFAULT_BACKEND, Detector, Face, as_rgb
+from distmtl.faces.detect import BACKENDS, DEFAULT_BACKEND, MODES, Detector, Face, as_rgb
 
 ARCFACE_112 = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                         [41.5493, 92.3655], [70.7299, 92.2041]])
-MODES = ("align", "box", "none")
 PREPARED_FACES_NAME = "faces.json"  # written by ``distmtl data prepare`` beside its CSV
 
 

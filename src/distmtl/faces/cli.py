@@ -29,8 +29,7 @@ def cmd_faces_show(args) -> int:
 
 def add_face_options(p, mode_default: str = "align") -> None:
     """The face preprocessing options shared by ``faces show`` and ``data prepare``."""
-    from distmtl.faces.align import MODES
-    from distmtl.faces.detect import BACKENDS, DEFAULT_BACKEND
+    from distmtl.faces.detect import BACKENDS, DEFAULT_BACKEND, MODES
 
     p.add_argument("--backend", default=DEFAULT_BACKEND, choices=list(BACKENDS), help="face detector")
     p.add_argument("--mode", default=mode_default, choices=list(MODES),

@@ -21,6 +21,7 @@ BACKENDS = {
     "insightface": "distmtl.faces.backends.insightface_scrfd",
 }
 DEFAULT_BACKEND = "dlib"
+MODES = ("align", "box", "none")  # see distmtl.faces.align.FacePreprocessing
 LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 """The 5 landmarks, in ArcFace order; "left" is the image's left (the subject's right)."""
 
@@ -40,6 +41,13 @@ class Face:
         self.box = tuple(float(v) for v in self.box)
         if self.landmarks is not None:
             self.landmarks = np.asarray(self.landmarks, dtype=np.float64).reshape(5, 2)
+
+
+def five_from_68(points) -> np.ndarray:
+    """The 5 ArcFace landmarks from the 68-point (iBUG 300-W) scheme: the centres of the two eye
+    contours (points 36-41, 42-47), the nose tip (30), the mouth corners (48, 54)."""
+    pts = np.asarray(points, dtype=np.float64).reshape(68, 2)
+    return np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
 
 
 def backend_module(name: str):

@@ -202,6 +202,51 @@ def _read_npy(root: Path, split: str, malformed: Malformed) -> list[tuple]:
     return rows
 
 
+def _points(text: str) -> np.ndarray | None:
+    try:
+        values = np.array([float(v) for v in str(text).replace(",", ";").split(";") if v.strip()])
+    except ValueError:
+        return None
+    return values.reshape(68, 2) if values.size == 136 and np.isfinite(values).all() else None
+
+
+def face_regions(root: str | os.PathLike, split: str = "train", layout: str = "auto"
+                 ) -> dict[str, tuple[tuple[float, float, float, float] | None, np.ndarray | None]]:
+    """Per image path (as :func:`load` gives it): the face box ``(x, y, w, h)`` of the CSV release
+    (None in the npy re-packaging) and the 68 landmarks (``68x2``, None when absent or unreadable)."""
+    root = absolute_root(root)
+    splits = SPLITS if split == "all" else (split,)
+    out: dict = {}
+    if _layout(root, layout) == "npy":
+        for s in splits:
+            base = root / NPY_DIRS[s]
+            for exp in sorted((base / "annotations").glob("*_exp.npy")):
+                sample = exp.name[: -len("_exp.npy")]
+                lnd = base / "annotations" / f"{sample}_lnd.npy"
+                text = _npy_scalar(lnd, Malformed(NAME, True)) if lnd.exists() else None
+                out[os.path.join(base, "images", f"{sample}.jpg")] = (None, None if text is None else _points(text))
+        return out
+    images = first_existing(root / d for d in IMAGE_DIRS) or root / IMAGE_DIRS[0]
+    for s in splits:
+        name = CSV_FILES[s]
+        path = first_existing((root / name, root / LISTS_DIR / name)) or require_file(root / name, NAME)
+        where = {c: i for i, c in enumerate(CSV_COLUMNS)}
+        with open(path, encoding="utf-8", newline="") as handle:
+            for index, fields in enumerate(csv.reader(handle)):
+                if index == 0 and fields and fields[0].strip() == CSV_COLUMNS[0]:
+                    where = {c.strip(): i for i, c in enumerate(fields)}
+                    continue
+                if len(fields) < len(where):
+                    continue
+                try:
+                    box = tuple(float(fields[where[c]]) for c in ("face_x", "face_y", "face_width", "face_height"))
+                except (KeyError, ValueError):
+                    box = None
+                marks = _points(fields[where["facial_landmarks"]]) if "facial_landmarks" in where else None
+                out[os.path.join(images, fields[where["subDirectory_filePath"]].strip())] = (box, marks)
+    return out
+
+
 def _read(root: Path, splits, layout: str, malformed: Malformed) -> pd.DataFrame:
     """All rows of the given splits, with the native code in column ``code``."""
     reader = _read_csv if _layout(root, layout) == "csv" else _read_npy

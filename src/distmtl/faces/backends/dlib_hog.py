@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from distmtl.errors import DistmtlError
-from distmtl.faces.detect import Face
+from distmtl.faces.detect import Face, five_from_68
 
 NAME = "dlib"
 INSTALL = 'pip install "dlib-bin>=20" "face-recognition-models==0.3.0"'
@@ -52,8 +52,7 @@ class DlibHog:
         for rect, score in zip(rects, scores):
             shape = self.predictor(rgb, rect)
             pts = np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float64)
-            five = np.stack([pts[36:42].mean(0), pts[42:48].mean(0), pts[30], pts[48], pts[54]])
-            faces.append(Face(score, (rect.left(), rect.top(), rect.width(), rect.height()), five))
+            faces.append(Face(score, (rect.left(), rect.top(), rect.width(), rect.height()), five_from_68(pts)))
         return faces
 
 
