@@ -1,4 +1,4 @@
-"""Subcommands for inference and export (``distmtl export``, ``distmtl predict``, ``distmtl compound``).
+"""Subcommands for inference and export (``distmtl export``, ``distmtl predict``, ``distmtl compound``, ``distmtl push``).
 
 ``distmtl predict`` writes a CSV or a Parquet file, chosen by the output's extension. Rows stream to
 a CSV as batches finish (each batch is written whole and flushed, so a job that dies keeps every
@@ -55,6 +55,24 @@ def cmd_export(args) -> int:
     return 0
 
 
+def model_reference(model: str, revision: str | None) -> str:
+    """How the predictions' metadata names the model: a local folder's absolute path, or the Hub id."""
+    if Path(model).is_dir():
+        return str(Path(model).resolve())
+    return f"hf://{model}" + (f"@{revision}" if revision else "")
+
+
+def cmd_push(args) -> int:
+    from distmtl.inference.hub import push_model
+
+    result = push_model(args.model, args.repo, revision=args.revision, private=args.private,
+                        results=args.results, commit_message=args.message)
+    print(f"pushed {', '.join(result['files'])} to {args.repo}: {result['url']}")
+    if result["results"]:
+        print(f"  model card includes the study results of {result['results']}")
+    return 0
+
+
 def sidecar_path(out: str | Path) -> Path:
     out = Path(out)
     side = out.with_suffix(".json")
@@ -74,7 +92,7 @@ def cmd_predict(args) -> int:
     if args.detect and args.no_detect:
         raise DistmtlError("predict: give at most one of --detect and --no-detect")
     detect = True if args.detect else False if args.no_detect else None
-    predictor = Predictor.from_pretrained(args.model, device=args.device)
+    predictor = Predictor.from_pretrained(args.model, device=args.device, revision=args.revision)
     faces = predictor.face_preprocessing(detect, args.backend, args.min_face_score)
     face_options = {"backend": args.backend, "min_face_score": args.min_face_score, "every": args.every}
     layout = faces.mode != "none"
@@ -95,7 +113,7 @@ def cmd_predict(args) -> int:
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)
-    meta = {"model": str(Path(args.model).resolve()), **predictor.describe(), "columns": columns,
+    meta = {"model": model_reference(args.model, args.revision), **predictor.describe(), "columns": columns,
             "inputs": len(items), "batch_size": args.batch_size, "device": str(predictor.device),
             "compound": args.compound, "faces_applied": faces.to_dict(), "every": args.every,
             "layout": args.layout,
@@ -258,7 +276,9 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("predict", help="predict on images and videos with an exported model; rows stream to a CSV")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image or video files, or folders of them")
-    p.add_argument("--model", required=True, help="model folder written by distmtl export")
+    p.add_argument("--model", required=True,
+                   help="model folder written by distmtl export, or a Hugging Face Hub repo id org/name")
+    p.add_argument("--revision", help="Hub branch, tag or commit (with --model org/name)")
     p.add_argument("-o", "--out", required=True,
                    help="file to write: .csv (rows stream in) or .parquet (written at the end); "
                         "metadata goes to the same name with .json")
@@ -300,3 +320,13 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=cmd_compound)
+
+    p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub with a generated model card")
+    p.add_argument("--model", required=True, help="model folder written by distmtl export")
+    p.add_argument("--repo", required=True, help="Hub repo id org/name (created when missing)")
+    p.add_argument("--revision", help="branch to commit to (created when missing; default main)")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--results", help="a study's results.md for the model card (default: the one of the "
+                                     "compare run the model came from, when there is one)")
+    p.add_argument("--message", help="commit message")
+    p.set_defaults(func=cmd_push)

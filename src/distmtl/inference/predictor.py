@@ -219,8 +219,14 @@ class Predictor:
         self.task_columns = self._name_columns()
 
     @classmethod
-    def from_pretrained(cls, model_dir: str | Path, device: str = "auto") -> Predictor:
-        """Load a folder written by ``distmtl export`` (nothing is unpickled)."""
+    def from_pretrained(cls, model_dir: str | Path, device: str = "auto", *, revision: str | None = None,
+                        cache_dir: str | Path | None = None) -> Predictor:
+        """Load a folder written by ``distmtl export``, or a Hub repo ``org/name`` holding one
+        (downloaded through the Hugging Face cache, at ``revision`` when given; ``HF_HUB_OFFLINE=1``
+        reads the cache only). Nothing is unpickled."""
+        from distmtl.inference.hub import resolve_model_dir
+
+        model_dir = resolve_model_dir(model_dir, revision=revision, cache_dir=cache_dir)
         from distmtl.inference.export import (CONFIG_NAME, build_net, file_sha256, load_weights,
                                     preprocessing_from_model_config, read_model_config,
                                     tasks_from_config)
