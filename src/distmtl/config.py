@@ -175,8 +175,13 @@ def resolve(raw: Mapping[str, Any]) -> dict[str, Any]:
     for i, src in enumerate(sources):
         _check_source(src, f"data.sources[{i}]")
     for key in ("val", "test", "oracle"):
-        if config["data"][key] is not None:
-            _check_source(config["data"][key], f"data.{key}")
+        spec = config["data"][key]
+        if key == "val" and isinstance(spec, dict) and "from" in spec:
+            from distmtl.data.splits import check_carve_spec
+
+            check_carve_spec(spec, "data.val")
+        elif spec is not None:
+            _check_source(spec, f"data.{key}")
     from distmtl.data.csvformat import image_check_mode
 
     config["data"]["check_images"] = image_check_mode(config["data"]["check_images"], "data.check_images")

@@ -239,7 +239,8 @@ def calibrate(module, val, *, batch_size: int = 256, num_workers: int = 0
         spec = module.config["data"].get("val")
         if spec is None:
             return {}, default
-        where = spec if isinstance(spec, str) else spec.get("csv") or spec.get("loader")
+        where = spec if isinstance(spec, str) else spec.get("csv") or spec.get("loader") or \
+            f"the validation part of {spec.get('from')}"
         try:
             source = load_source(spec, module.tasks, module.config, "data.val")
         except DistmtlError as exc:

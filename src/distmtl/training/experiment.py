@@ -11,6 +11,7 @@ import numpy as np
 
 from distmtl.data.csvformat import EncodedSource, cache_images, encode, identity_values, read_csv_source
 from distmtl.data.loaders.base import LoadedSource
+from distmtl.data.splits import carve, is_carved
 from distmtl.data.transforms import Augmentation, Preprocessing
 from distmtl.errors import DistmtlError, close_matches
 from distmtl.tasks import Task, labels_from_data
@@ -105,6 +106,8 @@ def source_label(spec: Any) -> str:
         return Path(spec).stem
     if spec.get("name"):
         return spec["name"]
+    if is_carved(spec):
+        return f"{spec['from']}_val"
     if "shards" in spec:
         return Path(spec["shards"]).name
     return Path(spec["csv"]).stem if "csv" in spec else spec["loader"]
@@ -112,7 +115,21 @@ def source_label(spec: Any) -> str:
 
 def load_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> EncodedSource:
     """Read one source (generic CSV or named loader) and encode it for ``tasks``."""
+    if is_carved(spec):  # the validation part of a training source, split again the same way
+        index, origin = carved_origin(config, spec, where)
+        _, val = carve(read_source(origin, tasks, config, f"data.sources[{index}]"), spec, where)
+        return encode_source(val, tasks, config, where, from_csv=_is_csv(origin))
     return encode_source(read_source(spec, tasks, config, where), tasks, config, where, from_csv=_is_csv(spec))
+
+
+def carved_origin(config: dict, spec: dict, where: str) -> tuple[int, Any]:
+    """The training source ``{from: name}`` names, with its index in ``data.sources``."""
+    names = [source_label(s) for s in config["data"]["sources"]]
+    if spec["from"] not in names:
+        raise DistmtlError(f"{where}.from: unknown training source {spec['from']!r}"
+                           f"{close_matches(spec['from'], names)} (training sources: {', '.join(names)})")
+    index = names.index(spec["from"])
+    return index, config["data"]["sources"][index]
 
 
 def _is_csv(spec: Any) -> bool:
@@ -214,6 +231,11 @@ def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
     # the training sources are read once: identity classes from the data come from them
     reading = tasks if tasks is not None else build_tasks(config)
     loaded = [read_source(s, reading, config, w) for s, w in zip(data["sources"], wheres)]
+    carved_val = None
+    if is_carved(data["val"]):
+        index, _ = carved_origin(config, data["val"], "data.val")
+        loaded[index], carved_val = carve(loaded[index], data["val"], "data.val")
+        log.info(carved_val.notes[-1])
     if tasks is None:
         tasks = build_tasks(config, loaded)
     train = [encode_source(x, tasks, config, w, from_csv=_is_csv(s))
@@ -226,7 +248,10 @@ def build_experiment(config: dict, *, tasks: dict[str, Task] | None = None,
     eval_sources = {}
     if with_eval:
         for split in ("val", "test"):
-            if data[split] is not None:
+            if split == "val" and carved_val is not None:
+                index, origin = carved_origin(config, data["val"], "data.val")
+                eval_sources["val"] = encode_source(carved_val, tasks, config, "data.val", from_csv=_is_csv(origin))
+            elif data[split] is not None:
                 eval_sources[split] = load_source(data[split], tasks, config, f"data.{split}")
     oracle = None
     if with_oracle and data["oracle"] is not None:
