@@ -239,3 +239,24 @@ def test_default_config_forms():
     assert config.dm_a_to_b.form == "kl" and config.dm_b_to_a.form == "ce"  # one default, as in YAML
     assert EdgeConfig().dm_b_to_a.form == "ce" and EdgeConfig().eps == 0.05
     assert config.dm_b_to_a.stop_gradient is True and config.coannotation.enabled is False
+
+
+def test_hard_coannotation_warns_when_the_threshold_finds_no_entry(caplog):
+    import logging
+
+    estimated = torch.tensor([[0.96, 0.5, 0.02], [0.03, 0.93, 0.25], [0.01, 0.02, 0.04]])
+    spec = {"coannotation": {"variant": "hard"}}
+    with caplog.at_level(logging.WARNING, logger="distmtl.losses.graph"):
+        RelatednessEdge("expr", "au", estimated, config=EdgeConfig.from_dict(spec), key="relatedness[0]")
+    assert "none of the table's 9 entries >= threshold 1" in caplog.text
+    caplog.clear()
+    spec = {"coannotation": {"variant": "hard", "threshold": 0.9}}
+    with caplog.at_level(logging.WARNING, logger="distmtl.losses.graph"):
+        edge = RelatednessEdge("expr", "au", estimated, config=EdgeConfig.from_dict(spec))
+    assert caplog.text == ""
+    outputs, targets, masks = batch()
+    assert set(edge(outputs, targets, masks)) == {"coann:expr->au", "coann:au->expr"}
+    with pytest.raises(DistmtlError, match=r"coannotation.hard_targets: unknown hard targets 'ful'"):
+        EdgeConfig.from_dict({"coannotation": {"hard_targets": "ful"}})
+    with pytest.raises(DistmtlError, match=r"coannotation.threshold: expected a number in \(0, 1\]"):
+        EdgeConfig.from_dict({"coannotation": {"threshold": 0}})

@@ -364,14 +364,34 @@ def test_b_to_a_posterior_soft_values_by_enumeration():
 
 def test_hard_a_to_b_targets():
     rows = t([[1, 0, 0], [0, 1, 0], [0, 0, 1], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0, 0]])
+    # the specification's form (default): target 1 where R = 1, nothing else
     values, has = hard_a_to_b_targets(rows, t(R))
+    assert has.tolist() == [[True, False, False], [False, True, False], [False, False, False],
+                            [False, False, False], [False, False, False], [False, False, False]]
+    assert (values * has).tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0],
+                                       [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+    # the full form also trains 0 where R = 0:
     # class 0: R = [1, .5, 0] -> (1, none, 0); class 1: [0, 1, .25] -> (0, 1, none);
     # class 2 (Neutral, zeros) -> (0, 0, 0); classes 0+1 agree nowhere; classes 0+2 agree on
     # label 2 (0); an all-zero row (no A label) gets nothing.
+    values, has = hard_a_to_b_targets(rows, t(R), targets="full")
     assert has.tolist() == [[True, False, True], [True, True, False], [True, True, True],
                             [False, False, False], [False, False, True], [False, False, False]]
     assert (values * has).tolist() == [[1, 0, 0], [0, 1, 0], [0, 0, 0],
                                        [0, 0, 0], [0, 0, 0], [0, 0, 0]]
+
+
+def test_hard_threshold_makes_an_estimated_table_usable():
+    estimated = t([[0.96, 0.5, 0.02], [0.03, 0.93, 0.25], [0.01, 0.02, 0.04]])  # no exact 1 or 0
+    rows = t([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
+    _, has = hard_a_to_b_targets(rows, estimated)
+    assert not has.any()  # threshold 1: nothing
+    values, has = hard_a_to_b_targets(rows, estimated, threshold=0.9)
+    assert has.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
+    _, has = hard_a_to_b_targets(rows, estimated, threshold=0.9, targets="full")
+    assert has.tolist() == [[True, False, True], [True, True, False], [True, True, True]]
+    index, has = hard_b_to_a_targets(t([[1, 0, 0], [0, 1, 0]]), b([[True] * 3] * 2), estimated, 0.9)
+    assert has.tolist() == [True, True] and index.tolist() == [0, 1]
 
 
 def test_hard_a_to_b_loss_hand_value():
@@ -379,10 +399,12 @@ def test_hard_a_to_b_loss_hand_value():
     targets_a = t([[1, 0, 0], [0, 1, 0], [0, 0, 1]])
     mask_a = b([True, True, False])
     mask_b = b([[True, False, False], [False, False, False], [False, False, False]])
-    # Sample 0 (class 0): label 0 annotated, label 1 has 0 < R < 1, label 2 -> 0.
-    # Sample 1 (class 1): label 0 -> 0, label 1 -> 1, label 2 has R = .25: none.
+    # Sample 0 (class 0): label 0 annotated, label 1 has 0 < R < 1, label 2 (R = 0) -> 0 in the
+    # full form only. Sample 1 (class 1): label 0 (R = 0) -> 0 in the full form, label 1 -> 1,
+    # label 2 has R = .25: none.
+    close(coannotation_a_to_b_hard(t(z_b), targets_a, mask_a, mask_b, t(R)), bce(0.5, 1))
     expected = (bce(1.0, 0) + bce(0.0, 0) + bce(0.5, 1)) / 3
-    close(coannotation_a_to_b_hard(t(z_b), targets_a, mask_a, mask_b, t(R)), expected)
+    close(coannotation_a_to_b_hard(t(z_b), targets_a, mask_a, mask_b, t(R), targets="full"), expected)
 
 
 R_PROTO = [

@@ -511,3 +511,18 @@ def test_gradnorm_round_trip_needs_the_optimizer_state():
     partial = create_weighting("gradnorm", TASKS).train()
     partial.load_state_dict(state, strict=False)
     assert [_drive(partial, s) for s in range(7, 10)] != [_drive(original, s) for s in range(7, 10)]
+
+
+def test_gradnorm_shared_layer_is_the_last_main_path_layer_not_a_shortcut():
+    from distmtl.models import MultiTaskNet
+    from distmtl.tasks import Task
+
+    net = MultiTaskNet({"a": Task.from_dict("a", {"kind": "multiclass", "labels": ["x", "y"]})},
+                       backbone="test_resnet")
+    chosen = net.last_shared_parameters()
+    names = {id(p): n for n, p in net.backbone.named_parameters()}
+    weight = next(names[id(p)] for p in chosen if p.dim() > 1)
+    # test_resnet's last block ends with a 1x1 shortcut conv (layer4.0.downsample.1), registered
+    # and run after the block's last main-path conv
+    assert "downsample" not in weight and weight == "layer4.0.conv2.weight", weight
+    assert any("downsample" in n for n in names.values())

@@ -83,7 +83,7 @@ EDGE_DEFAULTS: dict[str, Any] = {
     "table": ANY,  # builtin name, CSV path, or {estimate: source_name, alpha: 1}
     "eps": 0.05,
     "coannotation": {"enabled": ANY, "variant": "soft", "weight": 1.0, "a_to_b": True,
-                     "b_to_a": True, "temperature": 1.0},
+                     "b_to_a": True, "temperature": 1.0, "threshold": 1.0, "hard_targets": "positive"},
     "dm_a_to_b": dict(MATCHING_DEFAULTS),
     "dm_b_to_a": dict(MATCHING_DEFAULTS, form="ce"),
 }

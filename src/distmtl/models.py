@@ -14,6 +14,7 @@ from distmtl.errors import DistmtlError, close_matches
 from distmtl.tasks import Task
 
 
+SHORTCUT_NAMES = frozenset({"downsample", "shortcut", "skip"})  # residual side branches in timm
 HUB_PREFIXES = ("hf-hub:", "local-dir:")  # timm resolves these itself (a Hub repo, a local folder)
 
 
@@ -217,9 +218,15 @@ class MultiTaskNet(nn.Module):
         return F.normalize(self.backbone(x), dim=1)
 
     def last_shared_parameters(self) -> list[nn.Parameter]:
-        """Parameters of the backbone's last layer with weights (GradNorm's shared layer)."""
+        """Parameters of the backbone's last main-path layer with weights (GradNorm's shared layer).
+
+        Residual shortcuts (timm's ``downsample`` / ``shortcut`` / ``skip`` submodules) are left
+        out: they are registered, and run, after the block's last convolution, but they are a side
+        branch, not the layer every feature passes through."""
         last = None
-        for module in self.backbone.modules():
+        for name, module in self.backbone.named_modules():
+            if SHORTCUT_NAMES.intersection(name.split(".")):
+                continue
             if getattr(module, "weight", None) is not None and isinstance(module.weight, nn.Parameter) \
                     and module.weight.dim() > 1:
                 last = module

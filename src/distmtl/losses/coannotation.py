@@ -17,12 +17,15 @@ Soft variant (methods.md):
   log-posterior (prior included) before normalisation. The loss is ``CE(p^A, s) =
   -sum_k s_k log p^A_k``, averaged over those samples.
 
-Hard variant (as in FaceBehaviorNet):
+Hard variant (as in FaceBehaviorNet). A label is prototypical of class ``k`` where
+``R[k, j] >= threshold`` (default 1: exact 1s only; an estimated table rarely has any, so lower it):
 
-- A -> B. Class ``k`` gives label ``j`` the target 1 where ``R[k, j] == 1`` (prototypical) and 0
-  where ``R[k, j] == 0``; labels with ``0 < R[k, j] < 1`` get no pseudo-label. For a soft class
-  row ``y``, a label gets a pseudo-label only when every class with ``y_k > 0`` agrees on it.
-- B -> A. Class ``k`` is assigned when all of its prototypical labels (``R[k, j] == 1``) are
+- A -> B. Class ``k`` gives each prototypical label ``j`` the target 1; other labels get no
+  pseudo-label (``targets="positive"``, the specification). ``targets="full"`` also gives target 0
+  where ``R[k, j] <= 1 - threshold`` (``R == 0`` at threshold 1), so e.g. every Neutral image
+  trains every AU towards 0. For a soft class row ``y``, a label gets a pseudo-label only when
+  every class with ``y_k > 0`` agrees on it.
+- B -> A. Class ``k`` is assigned when all of its prototypical labels are
   annotated and present (``b_j > 0.5``, i.e. ``b_j = 1`` for binary targets). When several classes
   qualify, the one with the most prototypical labels wins; if that still ties, the sample gets no
   pseudo-label. A class without prototypical labels (Neutral) is never assigned.
@@ -166,26 +169,34 @@ def soft_a_to_b_targets(class_probs: Tensor, relatedness: Tensor) -> Tensor:
     return class_probs @ relatedness.to(class_probs)
 
 
-def hard_a_to_b_targets(class_probs: Tensor, relatedness: Tensor) -> tuple[Tensor, Tensor]:
+HARD_TARGETS = ("positive", "full")
+
+
+def hard_a_to_b_targets(class_probs: Tensor, relatedness: Tensor, threshold: float = 1.0,
+                        targets: str = "positive") -> tuple[Tensor, Tensor]:
     """Hard B pseudo-labels: ``(targets [B, J] float, has_target [B, J] bool)``.
 
-    Target 1 where ``R[k, j] == 1`` and 0 where ``R[k, j] == 0`` for every class ``k`` with
-    ``class_probs[:, k] > 0``; no pseudo-label otherwise (also for an all-zero row).
+    Target 1 where ``R[k, j] >= threshold`` (prototypical) for every class ``k`` with
+    ``class_probs[:, k] > 0``. ``targets="full"`` also gives target 0 where ``R[k, j] <= 1 -
+    threshold`` for every such class (``R == 0`` at the default threshold 1). No pseudo-label
+    otherwise (also for an all-zero row).
     """
     class_probs = _as_float(class_probs)
     relatedness = relatedness.to(class_probs)
     support = (class_probs > 0).to(class_probs.dtype)
     num_support = support.sum(-1, keepdim=True)
-    agree_one = support @ (relatedness == 1).to(class_probs.dtype)
-    agree_zero = support @ (relatedness == 0).to(class_probs.dtype)
     some = num_support > 0
+    agree_one = support @ (relatedness >= threshold).to(class_probs.dtype)
     is_one = some & (agree_one == num_support)
+    if targets == "positive":
+        return is_one.to(class_probs.dtype), is_one
+    agree_zero = support @ (relatedness <= 1 - threshold).to(class_probs.dtype)
     is_zero = some & (agree_zero == num_support)
     return is_one.to(class_probs.dtype), is_one | is_zero
 
 
 def hard_b_to_a_targets(
-    label_values: Tensor, label_mask: Tensor, relatedness: Tensor
+    label_values: Tensor, label_mask: Tensor, relatedness: Tensor, threshold: float = 1.0
 ) -> tuple[Tensor, Tensor]:
     """Hard A pseudo-labels: ``(class_index [B] long, has_target [B] bool)``.
 
@@ -194,7 +205,7 @@ def hard_b_to_a_targets(
     values = _as_float(label_values)
     _check_2d("label_values", values)
     mask = _bool_mask("label_mask", label_mask, values.shape)
-    prototypical = (relatedness == 1).to(values.dtype)  # [K, J]
+    prototypical = (relatedness >= threshold).to(values.dtype)  # [K, J]
     num_prototypical = prototypical.sum(-1)  # [K]
     present = (mask & (torch.where(mask, values, 0.0) > 0.5)).to(values.dtype)
     num_present = present @ prototypical.T  # [B, K]
@@ -232,11 +243,12 @@ def coannotation_a_to_b_soft(
 
 
 def coannotation_a_to_b_hard(
-    logits_b: Tensor, targets_a: Tensor, mask_a: Tensor, mask_b: Tensor, relatedness: Tensor
+    logits_b: Tensor, targets_a: Tensor, mask_a: Tensor, mask_b: Tensor, relatedness: Tensor,
+    threshold: float = 1.0, targets: str = "positive",
 ) -> Tensor:
     """Hard A -> B co-annotation loss: BCE on the pseudo-labelled, unannotated entries."""
     logits_b, y, mask_a, mask_b = _a_to_b_inputs(logits_b, targets_a, mask_a, mask_b, relatedness)
-    hard, has_target = hard_a_to_b_targets(y, relatedness)
+    hard, has_target = hard_a_to_b_targets(y, relatedness, threshold, targets)
     entries = mask_a.unsqueeze(-1) & ~mask_b & has_target
     per_entry = F.binary_cross_entropy_with_logits(logits_b, hard, reduction="none")
     return masked_mean(per_entry, entries)
@@ -267,7 +279,8 @@ def coannotation_b_to_a_soft(
 
 
 def coannotation_b_to_a_hard(
-    logits_a: Tensor, targets_b: Tensor, mask_b: Tensor, mask_a: Tensor, relatedness: Tensor
+    logits_a: Tensor, targets_b: Tensor, mask_b: Tensor, mask_a: Tensor, relatedness: Tensor,
+    threshold: float = 1.0,
 ) -> Tensor:
     """Hard B -> A co-annotation loss: CE to the assigned class on samples without an A label."""
     logits_a = _as_float(logits_a)
@@ -275,6 +288,6 @@ def coannotation_b_to_a_hard(
     batch = logits_a.shape[0]
     _check_shape("relatedness", relatedness, (logits_a.shape[-1], targets_b.shape[-1]))
     mask_a = _bool_mask("mask_a", mask_a, (batch,))
-    index, has_target = hard_b_to_a_targets(targets_b, mask_b, relatedness)
+    index, has_target = hard_b_to_a_targets(targets_b, mask_b, relatedness, threshold)
     per_sample = F.cross_entropy(logits_a, index, reduction="none")
     return masked_mean(per_sample, ~mask_a & has_target)

@@ -23,6 +23,7 @@ Configuration values are checked when an edge is built; an invalid value raises
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -34,6 +35,7 @@ from torch import Tensor, nn
 from distmtl.errors import DistmtlError, close_matches
 from distmtl.losses.coannotation import (
     DEFAULT_EPS,
+    HARD_TARGETS,
     NaiveBayesTable,
     coannotation_a_to_b_hard,
     coannotation_a_to_b_soft,
@@ -41,6 +43,8 @@ from distmtl.losses.coannotation import (
     coannotation_b_to_a_soft,
 )
 from distmtl.losses.distribution_matching import A_TO_B_FORMS, B_TO_A_FORMS, dm_a_to_b, dm_b_to_a
+
+log = logging.getLogger(__name__)
 
 COANNOTATION_VARIANTS = ("soft", "hard")
 
@@ -109,6 +113,8 @@ class CoannotationConfig:
     a_to_b: bool = True
     b_to_a: bool = True
     temperature: float = 1.0  # soft B -> A only: divides the log-posterior
+    threshold: float = 1.0  # hard only: R >= threshold marks a prototypical label
+    hard_targets: str = "positive"  # hard A -> B: positive (1 where prototypical) | full (also 0s)
 
     def validate(self, key: str = "coannotation") -> CoannotationConfig:
         _check_bool(self.enabled, f"{key}.enabled")
@@ -117,6 +123,9 @@ class CoannotationConfig:
         _check_bool(self.a_to_b, f"{key}.a_to_b")
         _check_bool(self.b_to_a, f"{key}.b_to_a")
         _check_number(self.temperature, f"{key}.temperature", low=0.0, low_open=True)
+        _check_number(self.threshold, f"{key}.threshold", low=0.0, high=1.0, low_open=True,
+                      high_open=False)
+        _check_choice(self.hard_targets, HARD_TARGETS, f"{key}.hard_targets", "hard targets")
         return self
 
     @classmethod
@@ -244,6 +253,17 @@ class RelatednessEdge(nn.Module):
         except DistmtlError as error:
             raise DistmtlError(f"{self.key}: {error}") from None
         self.register_buffer("R", matrix.clone())
+        co = self.config.coannotation
+        if co.enabled and co.variant == "hard":
+            prototypical = int((matrix >= co.threshold).sum())
+            if prototypical == 0:
+                log.warning("%s.coannotation: hard co-annotation finds none of the table's %d entries "
+                            ">= threshold %g, so it gives no pseudo-label; lower coannotation.threshold "
+                            "(an estimated table rarely holds exact 1s)", self.key, matrix.numel(),
+                            co.threshold)
+            else:
+                log.info("%s.coannotation: hard co-annotation: %d of %d table entries >= threshold %g",
+                         self.key, prototypical, matrix.numel(), co.threshold)
         self.register_buffer("log_r_tilde", table.log_r)
         self.register_buffer("log_1m_r_tilde", table.log_1mr)
         self.register_buffer("log_prior", table.log_prior)
@@ -312,15 +332,20 @@ class RelatednessEdge(nn.Module):
 
         co = cfg.coannotation
         if co.enabled and co.a_to_b:
-            fn = coannotation_a_to_b_soft if co.variant == "soft" else coannotation_a_to_b_hard
-            terms[f"coann:{a}->{b}"] = co.weight * fn(logits_b, target_a, mask_a, mask_b, self.R)
+            if co.variant == "soft":
+                loss = coannotation_a_to_b_soft(logits_b, target_a, mask_a, mask_b, self.R)
+            else:
+                loss = coannotation_a_to_b_hard(logits_b, target_a, mask_a, mask_b, self.R,
+                                                co.threshold, co.hard_targets)
+            terms[f"coann:{a}->{b}"] = co.weight * loss
         if co.enabled and co.b_to_a:
             if co.variant == "soft":
                 loss = coannotation_b_to_a_soft(
                     logits_a, target_b, mask_b, mask_a, self.table(), co.temperature
                 )
             else:
-                loss = coannotation_b_to_a_hard(logits_a, target_b, mask_b, mask_a, self.R)
+                loss = coannotation_b_to_a_hard(logits_a, target_b, mask_b, mask_a, self.R,
+                                                co.threshold)
             terms[f"coann:{b}->{a}"] = co.weight * loss
 
         dm = cfg.dm_a_to_b
