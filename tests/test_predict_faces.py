@@ -128,6 +128,11 @@ def test_recursive_folder_search(face_model, tmp_path):
     assert _cli("predict", tmp_path / "a", "--model", face_model, "-o", out, "--recursive", "--quiet") == 0
     table = pd.read_csv(out)
     assert len(table) == 5 and set(table["input"]) == {str(tmp_path / "a" / "b" / "scene.png")}
+    plain = tmp_path / "plain.png"
+    Image.fromarray(np.full((90, 90, 3), 70, np.uint8)).save(plain)
+    assert _cli("predict", tmp_path / "a" / "b" / "scene.png", plain, "--model", face_model, "-o", out,
+                "--plot", tmp_path / "plots", "--quiet") == 0
+    assert len(list((tmp_path / "plots").glob("*.png"))) == 5  # one per face; the plain image has none
 
 
 def _cli_raise(*argv):

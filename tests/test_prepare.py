@@ -127,3 +127,38 @@ def test_a_folder_of_images_in_parallel(tmp_path, capsys):
     table = pd.read_csv(result["csv"])
     assert sorted(table["image"]) == ["scene.jpg", "sub/astronaut.jpg"]
     assert pd.read_csv(result["dropped_csv"])["image"].tolist() == ["sub/plain.jpg"]
+
+
+def test_affwild2_two_person_video_gives_left_and_right_faces(tmp_path):
+    from distmtl.data.loaders import get_loader
+    from distmtl.data.prepare import prepare
+    from distmtl.faces.video import write_video
+    from faces_scenes import synth_face
+    from fixtures.loaders_au import write_affwild2
+
+    root = tmp_path / "affwild2"
+    write_affwild2(root, images=False)
+    for folder, video, two in (("batch1", "1-30-1280x720", False), ("batch2", "10-60-1280x720", True),
+                               ("batch1", "118-30-640x480", False)):
+        frames = []
+        for f in range(8):
+            canvas = np.full((200, 340, 3), 90, np.uint8)
+            paste(canvas, astronaut_face(), 10 + f, 30, 150)
+            if two:
+                paste(canvas, synth_face(0), 180, 40, 140)
+            frames.append(canvas)
+        (root / folder).mkdir(exist_ok=True)
+        write_video(root / folder / f"{video}.mp4", frames, fps=5)
+    labels = get_loader("affwild2").load(root, "train").frame
+    result = prepare(tmp_path / "out", FacePreprocessing(size=48), dataset="affwild2", root=root, workers=1,
+                     quiet=True)
+    table = pd.read_csv(result["csv"])
+    assert result["dropped"] == 0 and len(table) == len(labels)
+    left = table[table["image"].str.startswith("cropped_aligned/10-60-1280x720_left/")]["image"]
+    right = table[table["image"].str.startswith("cropped_aligned/10-60-1280x720_right/")]["image"]
+    assert len(left) and len(right)
+    a = np.asarray(Image.open(tmp_path / "out" / left.iloc[0])).astype(float)
+    b = np.asarray(Image.open(tmp_path / "out" / right.iloc[0])).astype(float)
+    alone = table[table["image"].str.startswith("cropped_aligned/1-30-1280x720/")]["image"].iloc[0]
+    c = np.asarray(Image.open(tmp_path / "out" / alone)).astype(float)
+    assert np.abs(a - c).mean() < np.abs(a - b).mean() / 2  # left: the astronaut; right: the other face

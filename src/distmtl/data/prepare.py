@@ -96,16 +96,27 @@ def _crop_image(rgb: np.ndarray, job: Job) -> tuple[np.ndarray | None, str]:
     return (None, "no face found") if chosen is None else (chosen[1], "")
 
 
+def _read_rgb(path: str) -> np.ndarray:
+    """An image file as RGB (Pillow only: workers need not import torch)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            return np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise DistmtlError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise DistmtlError(f"{path}: cannot decode image: {' '.join(str(exc).split())}") from None
+
+
 def _work(payload: tuple[Job, str]) -> tuple[str, list[str], dict[str, str]]:
     """Run one job; returns (key, crops written, {crop: why not})."""
-    from distmtl.data.transforms import load_image
-
     job, out = payload
     out_dir = Path(out)
     written, failed = [], {}
     try:
         if job.frames is None:
-            crop, why = _crop_image(np.asarray(load_image(job.src, 3)), job)
+            crop, why = _crop_image(_read_rgb(job.src), job)
             if crop is None:
                 failed[job.out] = why
             else:

@@ -146,9 +146,10 @@ def cmd_predict(args) -> int:
                 if layout:
                     no_face += int((frame["error"].eq("") & frame["confidence" if args.layout == "openface"
                                                                else "FaceScore"].isna()).sum())
-                if plot_dir is not None and not layout:
+                if plot_dir is not None:
+                    score = "confidence" if args.layout == "openface" else "FaceScore"
                     for offset, (_, row) in enumerate(frame.iterrows()):
-                        if row["error"] == "":
+                        if row["error"] == "" and not (layout and pd.isna(row[score])):
                             plot_prediction(row, predictor,
                                             plot_dir / _plot_name(rows - len(frame) + offset, row["input"]))
                 seen.update(frame["input"])
@@ -216,6 +217,7 @@ def _plot_name(index: int, name: str) -> str:
 
 def plot_prediction(row, predictor, path: str | Path) -> Path:
     """A PNG with the input image, its class probabilities and its label probabilities."""
+    import pandas as pd
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -237,7 +239,10 @@ def plot_prediction(row, predictor, path: str | Path) -> Path:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 1 + len(bars), squeeze=False)[0]
     try:
-        image = load_image(row["input"], 3)
+        image = load_image(row["input"], 3)  # a video's frame is not drawn
+        if "FaceRectX" in row.index and not pd.isna(row["FaceRectX"]):  # one face of the picture
+            x, y, w, h = (float(row[c]) for c in ("FaceRectX", "FaceRectY", "FaceRectWidth", "FaceRectHeight"))
+            image = image.crop((int(x - w / 4), int(y - h / 4), int(x + w * 1.25), int(y + h * 1.25)))
         axes[0].imshow(image)
     except Exception:  # noqa: BLE001 - the bars are still worth drawing
         axes[0].text(0.5, 0.5, "image not available", ha="center", va="center")
