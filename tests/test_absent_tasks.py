@@ -129,3 +129,14 @@ def test_nan_batch_under_skip_leaves_self_trained_weights_unchanged(name):
     # and training goes on with finite weights
     assert module.training_step(make_batch(seed=4), 4) is not None
     assert all(math.isfinite(w) for w in module.weighting.weights.values())
+
+
+def test_absent_task_head_stays_in_the_graph_for_data_parallel_training():
+    # DDP (find_unused_parameters off) needs a gradient, zero or not, for every parameter
+    module = make_module("uncertainty")
+    total, _ = module.compute_losses(make_batch(with_au=False))
+    total.backward()
+    missing = [n for n, p in module.net.named_parameters() if p.requires_grad and p.grad is None]
+    assert missing == []
+    au_head = [p for n, p in module.net.named_parameters() if n.startswith("heads.au.")]
+    assert au_head and all(float(p.grad.abs().sum()) == 0 for p in au_head)

@@ -107,9 +107,12 @@ class MultiTaskModule(L.LightningModule):
         id_targets = {t: targets[t] for t, task in self.tasks.items() if task.kind == "identity"}
         outputs, features = self.net(batch["image"], id_targets)
         masks = self.label_budget(masks)
-        present = [t for t in self.tasks if bool(masks[t].any())]
-        losses = {t: task_loss(self.tasks[t], outputs[t], targets[t], masks[t], **self.loss_options[t])
-                  for t in present}
+        every = {t: task_loss(task, outputs[t], targets[t], masks[t], **self.loss_options[t])
+                 for t, task in self.tasks.items()}
+        losses = {t: v for t, v in every.items() if bool(masks[t].any())}
+        # an absent task's masked loss is a 0 still connected to its head: added as it is (outside
+        # the weighting), it keeps every parameter in the graph, as data-parallel training expects
+        absent_zeros = [v for t, v in every.items() if t not in losses]
         self._check_finite(losses, "task loss")
         terms = self.graph(outputs, targets, masks, dm_scale=self.dm_scale()) if len(self.graph.edges) else {}
         self._check_finite(terms, "coupling term")
@@ -125,8 +128,8 @@ class MultiTaskModule(L.LightningModule):
                 kwargs["shared_parameters"] = self.net.last_shared_parameters()
             total = self.weighting(losses, **kwargs)
         else:  # no task labelled in this batch: only the coupling terms (if any) train
-            total = sum(o.sum() for o in outputs.values()) * 0.0
-        for value in terms.values():
+            total = torch.zeros((), device=features.device)
+        for value in [*absent_zeros, *terms.values()]:
             total = total + value
         return total, logged
 
