@@ -37,7 +37,7 @@ def losses_of(a: float, b: float) -> dict[str, torch.Tensor]:
 
 
 def test_registry_names_match_classes():
-    assert set(WEIGHTINGS) == {"equal", "uncertainty", "dwa", "gradnorm", "dynamic"}
+    assert set(WEIGHTINGS) == {"equal", "uncertainty", "dwa", "gradnorm", "dynamic", "jd"}
     for name, cls in WEIGHTINGS.items():
         assert issubclass(cls, WeightingStrategy)
         assert cls.name == name
@@ -63,7 +63,7 @@ def test_unknown_weighting_name():
         create_weighting("gradnrom", TASKS)
     assert str(raised.value) == (
         "unknown weighting 'gradnrom' (did you mean: gradnorm?); "
-        "known: dwa, dynamic, equal, gradnorm, uncertainty"
+        "known: dwa, dynamic, equal, gradnorm, jd, uncertainty"
     )
     with pytest.raises(DistmtlError, match=r"unknown weighting 'zzz'; known: "):
         create_weighting("zzz", TASKS)

@@ -161,6 +161,13 @@ def cmd_datasets_check(args) -> int:
     return 0 if ok else 1
 
 
+def cmd_weighting_list(args) -> int:
+    from distmtl.weighting import describe_weightings
+
+    print(describe_weightings())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from distmtl import __version__
     from distmtl.data.synthfacs import PRESETS
@@ -234,6 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     p.add_argument("--root", required=True)
     p.set_defaults(func=cmd_datasets_check)
+
+    wl = sub.add_parser("weighting", help="task weightings and gradient aggregators")
+    p = wl.add_subparsers(dest="weighting_command", required=True).add_parser(
+        "list", help="the loss weightings and the aggregators of weighting 'jd'")
+    p.set_defaults(func=cmd_weighting_list)
 
     for module_name in EXTENSION_COMMANDS:
         importlib.import_module(module_name).add_parsers(sub)

@@ -58,7 +58,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "relatedness": ANY,  # list of edges, see EDGE_DEFAULTS
     "losses": {FREE: ANY},  # per task: label_smoothing, class_weight, pos_weight, loss (ccc|mse)
-    "weighting": {"name": "equal", "options": {FREE: ANY}},
+    "weighting": {"name": "equal", "options": {FREE: ANY},
+                  "aggregator": ANY,  # name: jd only: a TorchJD aggregator (upgrad, mgda, pcgrad, ...)
+                  "coupling": "task"},  # name: jd only: task (added to its task's row) | rows
     "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "head": "linear", "hidden": 256,
               "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},
     "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "schedule": "cosine",
@@ -381,7 +383,7 @@ NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps",
 CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"), "train.until": ("steps", "plateau"),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
            "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),
-           "data.channels": (1, 3)}
+           "data.channels": (1, 3), "weighting.coupling": ("task", "rows")}
 SAMPLING_MODES = ("equal", "proportional", "sqrt")
 
 

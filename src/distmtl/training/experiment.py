@@ -294,6 +294,15 @@ def check_model_and_weighting(config: dict) -> None:
             known = sorted(WEIGHTINGS)
             raise DistmtlError(f"weighting.name: unknown weighting '{name}'"
                                f"{close_matches(str(name).strip().lower(), known)}; known: {', '.join(known)}")
+        w = config["weighting"]
+        if str(name).strip().lower() == "jd":
+            from distmtl.weighting.jd import check_jd_spec
+
+            check_jd_spec(w.get("aggregator"), w.get("coupling", "task"), w.get("options") or {})
+        else:
+            for key in ("aggregator", "coupling"):
+                if w.get(key) not in (None, "task"):
+                    raise DistmtlError(f"weighting.{key}: only with weighting.name: jd (got name '{name}')")
 
 
 def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource],

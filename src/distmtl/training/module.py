@@ -68,7 +68,11 @@ class MultiTaskModule(L.LightningModule):
         options = dict(w.get("options") or {})
         if w["name"] == "dynamic":
             options.setdefault("feature_dim", self.net.num_features)
+        if w["name"] == "jd":  # Jacobian descent: the aggregator replaces the weighted sum
+            options.update(aggregator=w.get("aggregator"), coupling=w.get("coupling") or "task")
         self.weighting = create_weighting(w["name"], list(self.tasks), **options)
+        # gradient aggregators take one gradient per objective: manual optimisation (training/jacobian.py)
+        self.automatic_optimization = not getattr(self.weighting, "aggregates_gradients", False)
         self.nan_skipped = 0
         self._nonfinite = None
         self._eval_store: dict[str, list] = {}
@@ -167,6 +171,10 @@ class MultiTaskModule(L.LightningModule):
                                        f"{self.global_step} (set train.on_nan: skip to skip such batches)")
 
     def training_step(self, batch, batch_idx):
+        if not self.automatic_optimization:
+            from distmtl.training.jacobian import jacobian_step
+
+            return jacobian_step(self, batch)
         total, logged = self.compute_losses(batch)
         if self._nonfinite is not None or not torch.isfinite(total):
             self.nan_skipped += 1

@@ -140,7 +140,9 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
         accumulate_grad_batches=tr["accumulate_grad_batches"], max_steps=int(t["max_steps"]),
         max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
         num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=bool(t["deterministic"]),
-        gradient_clip_val=tr["gradient_clip_val"], log_every_n_steps=tr["log_every_n_steps"],
+        # Jacobian descent optimises manually and clips its aggregated gradient itself
+        gradient_clip_val=None if config["weighting"]["name"] == "jd" else tr["gradient_clip_val"],
+        log_every_n_steps=tr["log_every_n_steps"],
         enable_progress_bar=tr["enable_progress_bar"] if progress is None else progress,
         enable_model_summary=False, callbacks=callbacks, logger=loggers,
         plugins=[AtomicCheckpointIO()],

@@ -12,6 +12,8 @@ uncertainty     Kendall, Gal, Cipolla 2018: learned log-variances     (unconstra
 dwa             Liu, Johns, Davison 2019: Dynamic Weight Average      T
 gradnorm        Chen et al. 2018: gradient-norm balancing             T
 dynamic         Ming et al. 2019, with normalised losses and detach   1
+jd              Jacobian descent: a TorchJD aggregator of the per-    (gradients, not
+                objective gradients (``aggregator: upgrad``, ...)     losses, combined)
 ==============  ====================================================  ==================
 """
 
@@ -26,6 +28,7 @@ from distmtl.weighting.dwa import DWAWeighting
 from distmtl.weighting.dynamic import DynamicWeighting
 from distmtl.weighting.equal import EqualWeighting
 from distmtl.weighting.gradnorm import GradNormWeighting
+from distmtl.weighting.jd import AGGREGATORS, JacobianDescent, describe_aggregators
 from distmtl.weighting.uncertainty import UncertaintyWeighting
 
 WEIGHTINGS: dict[str, type[WeightingStrategy]] = {
@@ -34,7 +37,23 @@ WEIGHTINGS: dict[str, type[WeightingStrategy]] = {
     "dwa": DWAWeighting,
     "gradnorm": GradNormWeighting,
     "dynamic": DynamicWeighting,
+    "jd": JacobianDescent,
 }
+
+
+def describe_weightings() -> str:
+    """What ``distmtl weighting list`` prints: the strategies, then the aggregators of ``jd``."""
+    lines = ["loss weightings (weighting.name):"]
+    for name, cls in WEIGHTINGS.items():
+        if name == "jd":
+            continue
+        doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        options = ", ".join(f"{k}={v!r}" for k, v in cls.OPTIONS.items()) or "(no options)"
+        lines.append(f"  {name:<12} {options}" + (f"  -- {doc}" if doc else ""))
+    lines.append("gradient aggregators (weighting: {name: jd, aggregator: NAME, coupling: task|rows}, "
+                 "options in weighting.options):")
+    lines.append(describe_aggregators() if AGGREGATORS else "  (torchjd is not installed)")
+    return "\n".join(lines)
 
 
 def create_weighting(name: str, task_names: Sequence[str], **options: Any) -> WeightingStrategy:
@@ -53,7 +72,10 @@ def create_weighting(name: str, task_names: Sequence[str], **options: Any) -> We
 
 
 __all__ = [
+    "AGGREGATORS",
     "REQUIRED",
+    "JacobianDescent",
+    "describe_weightings",
     "WEIGHTINGS",
     "DWAWeighting",
     "DynamicWeighting",
