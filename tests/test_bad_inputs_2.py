@@ -213,7 +213,7 @@ def test_compare_with_pos_weight_auto_trains_its_single_task_runs(files, tmp_pat
     raw = raw_config(files)
     raw["losses"] = {"au": {"pos_weight": "auto"}}
     base = build_experiment(resolve(raw))
-    for name, exp, _ in variant_runs(base, "single") + variant_runs(base, "mtl"):
+    for _name, exp, _ in variant_runs(base, "single") + variant_runs(base, "mtl"):
         check_trainable(exp)
         module = module_from_experiment(exp)
         if "au" in exp.tasks:
@@ -226,8 +226,172 @@ def test_compare_checks_every_run_before_training(files, tmp_path, monkeypatch):
     raw = raw_config(files)
     raw["weighting"] = {"name": "dwa", "options": {"temprature": 2.0}}
     trained = []
-    monkeypatch.setattr(compare, "train_experiment", lambda *a, **k: trained.append(a) or {})
+    monkeypatch.setattr(compare, "train_runs", lambda *a, **k: trained.append(a))
     with pytest.raises(DistmtlError) as err:
         compare.run_compare(resolve(raw), tmp_path / "cmp", seeds=1, variants=["single", "mtl"])
     one_line(err, "compare run 'single/expression'", "temprature")
     assert trained == []
+
+
+# ---------------------------------------------------------------------------------- checkpoints and resume
+
+
+@pytest.fixture(scope="module")
+def run_dir(files, tmp_path_factory):
+    """A finished 2-step run folder of the toy tasks."""
+    from distmtl.training.runner import train_experiment
+
+    raw = raw_config(files, max_steps=2, val_every_steps=2)
+    raw["data"].update(oracle=None, test=None)
+    out = tmp_path_factory.mktemp("run") / "run"
+    train_experiment(build_experiment(resolve(raw)), out, progress=False)
+    return out, raw
+
+
+def resume_error(run_dir, tmp_path, damage) -> str:
+    import shutil
+
+    from distmtl.training.runner import train_experiment
+
+    src, raw = run_dir
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    last = out / "checkpoints" / "last.ckpt"
+    damage(last)
+    with pytest.raises(DistmtlError) as err:
+        train_experiment(build_experiment(resolve(raw)), out, resume=True, progress=False)
+    return one_line(err, last)
+
+
+def test_resume_from_a_truncated_checkpoint(run_dir, tmp_path):
+    def truncate(path):
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 3])
+
+    assert "truncated or corrupt" in resume_error(run_dir, tmp_path, truncate)
+
+
+class NotPlainData:
+    """An object that a weights_only load refuses (any class outside torch's allow-list)."""
+
+
+def test_resume_from_an_unsafe_checkpoint_never_relays_the_unsafe_advice(run_dir, tmp_path):
+    import torch
+
+    def poison(path):
+        state = torch.load(path, weights_only=True)
+        state["extra"] = NotPlainData()
+        torch.save(state, path)
+
+    message = resume_error(run_dir, tmp_path, poison)
+    assert "refused" in message and "arbitrary code" in message
+    assert "weights_only" not in message and "False" not in message
+
+
+def test_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from distmtl.training.runner import AtomicCheckpointIO
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, path)
+    before = path.read_bytes()
+
+    def full(obj, f, *args, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(DistmtlError) as err:
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    one_line(err, path, "cannot write the checkpoint", "no space left", "previous checkpoint")
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+    def zip_writer_full(obj, f, *args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed "
+                           "writing file data/0: file write failed\nunexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", zip_writer_full)
+    with pytest.raises(DistmtlError) as err:
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, path)
+    one_line(err, path, "no space left")
+
+
+def test_cli_train_on_a_rank_other_than_0_exits_cleanly(files, tmp_path, capsys, monkeypatch):
+    """train_experiment returns {} off rank 0; the CLI used to fail there with KeyError: 'checkpoint'."""
+    import distmtl.training.runner as runner
+
+    monkeypatch.setattr(runner, "train_experiment", lambda *a, **k: {})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw_config(files)))
+    code, stderr = run_cli(["train", "--config", str(path), "--out", str(tmp_path / "run")], capsys)
+    assert code == 0 and "Traceback" not in stderr, stderr
+
+
+# ---------------------------------------------------------------------------------- model folders, predict
+
+
+@pytest.fixture(scope="module")
+def model_dir(run_dir, tmp_path_factory):
+    from distmtl.inference.export import export_model
+
+    out = tmp_path_factory.mktemp("model") / "model"
+    export_model(run_dir[0] / "checkpoints" / "last.ckpt", out, calibrate_thresholds=False)
+    return out
+
+
+def test_tampered_weights_are_refused(model_dir, tmp_path):
+    import shutil
+
+    from distmtl.inference.predictor import Predictor
+
+    folder = tmp_path / "model"
+    shutil.copytree(model_dir, folder)
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-8:] = b"\x7f" * 8  # a weight changed in place: still a valid safetensors file
+    weights.write_bytes(bytes(data))
+    with pytest.raises(DistmtlError) as err:
+        Predictor.from_pretrained(folder, device="cpu")
+    one_line(err, weights, "SHA-256", "config.json", "changed or replaced")
+
+
+def test_predict_refuses_to_replace_an_existing_file(model_dir, files, tmp_path, capsys):
+    image = str(next((files["val"].parent / "img").glob("val_*.png")))
+    out = tmp_path / "p.csv"
+    out.write_text("my earlier predictions\n")
+    code, stderr = run_cli(["predict", image, "--model", str(model_dir), "-o", str(out), "--quiet"], capsys)
+    cli_error(code, stderr, out, "exists", "--overwrite")
+    assert out.read_text() == "my earlier predictions\n"
+    code, stderr = run_cli(["predict", image, "--model", str(model_dir), "-o", str(out), "--quiet",
+                            "--overwrite"], capsys)
+    assert code == 0, stderr
+    assert out.read_text().startswith("input,")
+
+
+def test_predicted_csv_quotes_values_a_spreadsheet_would_run(model_dir, files, tmp_path, capsys, monkeypatch):
+    import csv
+    import shutil
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    source = next((files["val"].parent / "img").glob("val_*.png"))
+    names = ["=cmd|calc!A1.png", "+1.png", "-2.png", "@sum.png", "plain.png"]
+    for name in names:
+        shutil.copy(source, folder / name)
+    out = tmp_path / "p.csv"
+    monkeypatch.chdir(folder)  # relative names: the cell starts with the name itself
+    code, stderr = run_cli(["predict", "--model", str(model_dir), "-o", str(out), "--quiet", "--", *names],
+                           capsys)
+    assert code == 0, stderr
+    with open(out, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    inputs = {r["input"][1:] if r["input"].startswith("'") else r["input"]: r["input"] for r in rows}
+    assert set(inputs) == set(names)
+    for name, value in inputs.items():
+        dangerous = name[0] in "=+-@"
+        assert value.startswith("'") == dangerous, value
+    numbers = [float(v) for r in rows for k, v in r.items() if k.startswith("expression_")]
+    assert numbers and all(0 <= v <= 1 for v in numbers)

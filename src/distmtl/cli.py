@@ -18,6 +18,7 @@ EXTENSION_COMMANDS = ("distmtl.inference.cli", "distmtl.inference.relatedness_cl
 
 def cmd_train(args) -> int:
     from distmtl.config import load_config
+    from distmtl.training.folders import choose_run_folder
     from distmtl.training.runner import run_folder, set_threads, train_experiment, variant_plan
 
     config = load_config(args.config, args.overrides)
@@ -34,12 +35,16 @@ def cmd_train(args) -> int:
         return 0
     set_threads()
     out = Path(args.out or config["output"]["dir"] or Path("runs") / config["name"])
+    out = choose_run_folder(out, resume=args.resume, overwrite=args.overwrite)
     from distmtl.evaluation.metrics import format_metrics_table
 
     for name, exp, _ in runs:
         if name and len(runs) > 1:
             print(f"\nrun {name}:")
-        results = train_experiment(exp, run_folder(out, name, runs), resume=args.resume)
+        results = train_experiment(exp, run_folder(out, name, runs), resume=args.resume,
+                                   allow_change=args.allow_change or ())
+        if not results:  # a rank other than 0 of a distributed run: rank 0 evaluates and reports
+            continue
         for split in ("val", "test"):
             if split in results:
                 print(f"\n{split} metrics (best checkpoint):")
@@ -181,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True)
     p.add_argument("--out", help="run folder (default output.dir or runs/<name>)")
     p.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    p.add_argument("--allow-change", action="append", metavar="KEY",
+                   help="with --resume: a config key that may differ from the run's (e.g. max_steps); repeatable")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the run in --out (by default a folder holding a run gets a new -vN sibling)")
     p.add_argument("--dry-run", action="store_true",
                    help="validate the config and data, list the loss terms, train nothing")
     p.add_argument("--variant", help="train one of compare's variants instead of the config as written: "

@@ -79,6 +79,22 @@ def sidecar_path(out: str | Path) -> Path:
     return side if side != out else out.with_name(out.name + ".meta.json")
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(frame):
+    """Text cells that a spreadsheet would run as a formula (``=cmd|calc!A1``, a file named
+    ``+1.png``) get a leading quote, the usual CSV-injection rule; numbers are left as they are."""
+    import pandas as pd
+
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = [f"'{v}" if isinstance(v, str) and v.startswith(FORMULA_STARTS) else v
+                           for v in out[column]]
+    return out
+
+
 def cmd_predict(args) -> int:
     import pandas as pd
     from tqdm import tqdm
@@ -109,6 +125,8 @@ def cmd_predict(args) -> int:
     out, side = Path(args.out), sidecar_path(args.out)
     if out.is_dir():
         raise DistmtlError(f"{out}: is a folder; -o expects a .csv or .parquet file name")
+    if out.exists() and not args.overwrite:
+        raise DistmtlError(f"{out}: exists; pass --overwrite to replace it, or choose another -o")
     out.parent.mkdir(parents=True, exist_ok=True)
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
@@ -139,7 +157,7 @@ def cmd_predict(args) -> int:
                 if handle is None:
                     frames.append(frame)
                 else:
-                    handle.write(frame.to_csv(index=False, header=False, float_format="%.6g"))
+                    handle.write(spreadsheet_safe(frame).to_csv(index=False, header=False, float_format="%.6g"))
                     handle.flush()  # one write per batch: a killed job leaves whole rows only
                 rows += len(frame)
                 errors += int((frame["error"] != "").sum())
@@ -309,6 +327,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--compound", action="store_true", help="add zero-shot compound-expression columns")
     p.add_argument("--plot", metavar="DIR", help="write one PNG per image with its prediction bars")
     p.add_argument("--strict", action="store_true", help="stop at the first unreadable input")
+    p.add_argument("--overwrite", action="store_true", help="replace the -o file if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_predict)
 

@@ -39,6 +39,8 @@ import hashlib
 import json
 import logging
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -118,14 +120,21 @@ def build_net(config: Mapping[str, Any], tasks: Mapping[str, Task] | None = None
                         backbone_kwargs=m.get("backbone_kwargs") or {})
 
 
-def load_weights(net: nn.Module, model_dir: str | Path) -> None:
-    """Load ``model.safetensors`` into ``net`` (safetensors only: nothing is unpickled)."""
+def load_weights(net: nn.Module, model_dir: str | Path, expected_sha256: str | None = None) -> None:
+    """Load ``model.safetensors`` into ``net`` (safetensors only: nothing is unpickled), after
+    checking its SHA-256 against ``expected_sha256`` (the one ``config.json`` records) when given."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(model_dir) / WEIGHTS_NAME
     if not path.is_file():
         raise DistmtlError(f"{path}: weights file not found")
+    if expected_sha256:
+        got = file_sha256(path)
+        if got != expected_sha256:
+            raise DistmtlError(f"{path}: SHA-256 {got[:16]}... differs from the {expected_sha256[:16]}... "
+                               f"that {CONFIG_NAME} records: the weights were changed or replaced after "
+                               f"export (export the model again)")
     try:
         state = load_file(str(path), device="cpu")
     except (SafetensorError, OSError) as exc:
@@ -290,21 +299,50 @@ def save_model_folder(module, out_dir: str | Path, thresholds=None, calibration=
     from safetensors.torch import save_file
 
     config = model_config(module, thresholds, calibration)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
-    weights = atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-    config["weights"] = {"file": WEIGHTS_NAME, "sha256": file_sha256(weights)}
-    config["source_checkpoint"] = source_checkpoint
-    config["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-    if onnx:
-        config["onnx"] = export_onnx(module.net.cpu().eval(), module.tasks, config, out / ONNX_NAME,
-                                     exporter=onnx_exporter, opset=opset)
-    atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
-    for name in (WEIGHTS_NAME, CONFIG_NAME, ONNX_NAME):  # temporary files are created 0600
-        if (out / name).exists():
-            os.chmod(out / name, 0o644)
+    final = Path(out_dir)
+    if final.exists() and not final.is_dir():
+        raise DistmtlError(f"{final}: exists and is not a folder")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # everything goes to a temporary folder beside the target, renamed into place at the end: an
+    # interrupted (re-)export leaves the previous folder whole, never new weights with an old config
+    out = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in module.net.state_dict().items()}
+        weights = atomic_write(out / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        config["weights"] = {"file": WEIGHTS_NAME, "sha256": file_sha256(weights)}
+        config["source_checkpoint"] = source_checkpoint
+        config["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if onnx:
+            config["onnx"] = export_onnx(module.net.cpu().eval(), module.tasks, config, out / ONNX_NAME,
+                                         exporter=onnx_exporter, opset=opset)
+        atomic_write_text(out / CONFIG_NAME, json.dumps(config, indent=2) + "\n")
+        for name in (WEIGHTS_NAME, CONFIG_NAME, ONNX_NAME):  # temporary files are created 0600
+            if (out / name).exists():
+                os.chmod(out / name, 0o644)
+        os.chmod(out, 0o755)
+        replace_folder(out, final)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
     return config
+
+
+EXPORT_FILES = (WEIGHTS_NAME, CONFIG_NAME, ONNX_NAME)
+
+
+def replace_folder(new: Path, final: Path) -> None:
+    """Put the finished folder ``new`` at ``final``. Files of an existing ``final`` that export does not
+    write (a README the user keeps there) move into the new folder; the old folder is removed last."""
+    if not final.exists():
+        os.replace(new, final)
+        return
+    for entry in final.iterdir():
+        if entry.name not in EXPORT_FILES and not (new / entry.name).exists():
+            os.replace(entry, new / entry.name)
+    old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=final.parent))
+    os.replace(final, old / final.name)
+    os.replace(new, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- ONNX

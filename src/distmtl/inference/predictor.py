@@ -234,7 +234,7 @@ class Predictor:
         config = read_model_config(model_dir)
         tasks = tasks_from_config(config)
         net = build_net(config, tasks)
-        load_weights(net, model_dir)
+        load_weights(net, model_dir, expected_sha256=(config.get("weights") or {}).get("sha256"))
         thresholds = {t: [float(config["thresholds"].get(t, {}).get(label, 0.5)) for label in task.labels]
                       for t, task in tasks.items() if task.kind == "multilabel"}
         faces = FacePreprocessing.from_dict(config.get("faces"), f"{Path(model_dir) / CONFIG_NAME}: faces")

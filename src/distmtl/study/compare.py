@@ -20,6 +20,8 @@ from distmtl.study.curves import plot_variant_curves
 from distmtl.study.parallel import PlannedRun, finished_run, started_run, train_runs  # noqa: F401
 from distmtl.study.report import RunRecord, format_table, summarise, write_results
 from distmtl.training.experiment import Experiment, build_experiment
+from distmtl.data.csvformat import EncodedSource
+from distmtl.training.folders import run_lock
 from distmtl.training.runner import check_trainable
 from distmtl.training.variants import (  # noqa: F401  (the variants' definitions, re-exported)
     KNOWN_VARIANTS, coupled_edges, restrict, single_task_batch, variant_runs)
@@ -32,8 +34,32 @@ def run_hash(exp: Experiment, seed: int) -> str:
         "seed": seed, "tasks": {n: t.to_dict() for n, t in exp.tasks.items()},
         "sources": [(s.name, len(s), sorted(s.annotated_tasks)) for s in exp.train_sources],
         "edges": [(e.task_a, e.task_b, e.relatedness.matrix.round(6).tolist(), e.options) for e in exp.edges],
+        # the data themselves: a rewritten label in any CSV (training or evaluation) is a new run
+        "data": {"train": [source_digest(s) for s in exp.train_sources],
+                 "eval": {k: source_digest(s) for k, s in sorted(exp.eval_sources.items())}},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def source_digest(source: EncodedSource) -> str:
+    """A content hash of a source's index as read: image paths, targets, masks, groups, subjects."""
+    import numpy as np
+
+    digest = hashlib.sha256()
+    digest.update("\0".join(map(str, source.images.tolist())).encode())
+    for name in sorted(source.targets):
+        digest.update(name.encode())
+        digest.update(np.ascontiguousarray(source.targets[name]).tobytes())
+        digest.update(np.ascontiguousarray(source.masks[name]).tobytes())
+    for name in sorted(source.groups):
+        digest.update(np.ascontiguousarray(source.groups[name]).tobytes())
+    if source.subjects is not None:
+        digest.update("\0".join(map(str, source.subjects.tolist())).encode())
+    if source.pixels is not None:
+        digest.update(np.ascontiguousarray(source.pixels).tobytes())
+    if source.shards:
+        digest.update(str(source.shards).encode())
+    return digest.hexdigest()
 
 
 def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
@@ -44,7 +70,8 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
     ``jobs`` > 1 trains that many runs at once, each in its own process with
     ``torch.get_num_threads() // jobs`` intra-op threads (see :mod:`distmtl.study.parallel`). A
     run's result does not depend on which process trains it: with the same number of threads per
-    run, ``jobs: 2`` and ``jobs: 1`` give identical numbers.
+    run, ``jobs: 2`` and ``jobs: 1`` give identical numbers. ``out_dir`` is locked for the whole
+    study, so a second study into it stops with the holder's pid.
     """
     out_dir = Path(out_dir)
     variants = list(variants or config["compare"]["variants"])
@@ -57,6 +84,12 @@ def run_compare(config: dict, out_dir: str | Path, *, seeds: int | None = None,
     if isinstance(n_seeds, bool) or not isinstance(n_seeds, int) or n_seeds < 1:
         key = "compare.seeds" if seeds is None else "seeds"
         raise DistmtlError(f"{key}: expected a number of seeds >= 1, got {n_seeds!r}")
+    with run_lock(out_dir, what="compare"):  # checked first: a bad argument creates no folder
+        return _run_compare(config, out_dir, n_seeds=n_seeds, variants=variants, progress=progress, jobs=jobs)
+
+
+def _run_compare(config: dict, out_dir: Path, *, n_seeds: int, variants: list[str],
+                 progress: bool | None, jobs: int) -> dict[str, Any]:
     base = build_experiment(config, with_oracle="oracle" in variants)
     plan = [(v, name, exp, reported) for v in variants for name, exp, reported in variant_runs(base, v)]
     for _, name, exp, _ in plan:  # every run's options, before the first one trains

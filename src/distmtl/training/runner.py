@@ -13,7 +13,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -23,17 +23,13 @@ from distmtl.data.datamodule import MultiSourceDataModule
 from distmtl.errors import DistmtlError
 from distmtl.evaluation.metrics import calibrate_thresholds, task_metrics
 from distmtl.training.experiment import Experiment, augment_on, build_experiment
-from distmtl.io import atomic_write, atomic_write_text
+from distmtl.io import atomic_write_text
 from distmtl.training.module import MultiTaskModule
+from distmtl.training.folders import (AtomicCheckpointIO, check_resume_config, choose_run_folder,  # noqa: F401
+                                     is_follower_rank, merge_logs, record_resume_changes, run_lock,
+                                     set_aside_log)
 
 log = logging.getLogger(__name__)
-
-
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints go to a temporary file first and are renamed into place."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None):
-        atomic_write(path, lambda tmp: torch.save(checkpoint, tmp))
 
 
 def module_from_experiment(exp: Experiment) -> MultiTaskModule:
@@ -150,30 +146,53 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
 
 
 def train_experiment(exp: Experiment, out_dir: str | Path, *, resume: bool = False,
-                     progress: bool | None = None, train_sources=None) -> dict[str, Any]:
+                     progress: bool | None = None, train_sources=None,
+                     allow_change: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Fit, then evaluate the best checkpoint on val and test; returns and writes metrics.json."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    with run_lock(out_dir):
+        return _train_locked(exp, out_dir, resume=resume, progress=progress, train_sources=train_sources,
+                             allow_change=allow_change)
+
+
+def _train_locked(exp: Experiment, out_dir: Path, *, resume: bool, progress: bool | None, train_sources,
+                  allow_change) -> dict[str, Any]:
     config = exp.config
-    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
-    dump_config(config, out_dir / "config.yaml")
-    write_estimated_tables(exp, out_dir)
-    module = module_from_experiment(exp)
-    dm = datamodule_from_experiment(exp, train_sources, report=progress is not False)
-    trainer = make_trainer(config, out_dir, progress=progress)
     last = out_dir / "checkpoints" / "last.ckpt"
     ckpt_path = str(last) if resume and last.exists() else None
     if resume and ckpt_path is None:
         log.warning("no checkpoint to resume from in %s; starting from scratch", out_dir)
-    if _fit_takes_weights_only():  # resume reads only tensors and plain data, never arbitrary pickles
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
-    else:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    if ckpt_path is not None:  # the run's own config and a loadable checkpoint, before anything is built
+        changed = check_resume_config(out_dir, config, allow_change)
+        step = int(load_checkpoint_dict(last).get("global_step", 0))
+        if not is_follower_rank():
+            if changed:
+                record_resume_changes(out_dir, yaml.safe_load((out_dir / "config.yaml").read_text()),
+                                      config, changed, step)
+            set_aside_log(out_dir, step)
+    elif not is_follower_rank():
+        dump_config(config, out_dir / "config.yaml")
+    L.seed_everything(int(config["seed"]), workers=True, verbose=False)
+    write_estimated_tables(exp, out_dir)
+    module = module_from_experiment(exp)
+    dm = datamodule_from_experiment(exp, train_sources, report=progress is not False)
+    trainer = make_trainer(config, out_dir, progress=progress)
+    # resume reads only tensors and plain data, never arbitrary pickles
+    extra = {"weights_only": True} if _fit_takes_weights_only() else {}
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, **extra)
+    except RuntimeError as exc:
+        if ckpt_path is None or "state_dict" not in str(exc):
+            raise
+        raise DistmtlError(f"{last}: the checkpoint's weights do not fit this config's model "
+                           f"({str(exc).splitlines()[0]}...)") from None
     trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
     if trainer.global_rank != 0:
         return {}
     for logger in trainer.loggers:
         logger.save()  # the CSV log is buffered: flush it before drawing the curves
+    merge_logs(out_dir)  # a resumed run's log covers the whole run
     write_training_curves(out_dir)
     best = out_dir / "checkpoints" / "best.ckpt"
     best_module = load_module(best if best.exists() else last)
@@ -303,10 +322,17 @@ def load_checkpoint_dict(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise DistmtlError(f"{path}: checkpoint not found")
+    import pickle
+
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file or unsafe content: never unpickle arbitrary objects
-        raise DistmtlError(f"{path}: not a loadable distmtl checkpoint ({str(exc).splitlines()[0]})") from None
+    except pickle.UnpicklingError:  # torch's message advises the unsafe weights_only=False: not relayed
+        raise DistmtlError(f"{path}: refused: the checkpoint holds objects other than tensors and plain "
+                           f"data, and loading those could run arbitrary code (distmtl writes none)") from None
+    except Exception as exc:  # truncated or corrupt file
+        size = path.stat().st_size
+        raise DistmtlError(f"{path}: not a loadable checkpoint, truncated or corrupt ({size} bytes; "
+                           f"{str(exc).splitlines()[0].split('. ')[0]})") from None
 
 
 def load_module(path: str | Path) -> MultiTaskModule:
@@ -352,13 +378,17 @@ def run_folder(out: Path, name: str, runs: list) -> Path:
 
 
 def train_from_config(config: dict, out_dir: str | Path | None = None, *, resume: bool = False,
-                      progress: bool | None = None, variant: str | None = None) -> dict[str, Any]:
+                      progress: bool | None = None, variant: str | None = None, overwrite: bool = False,
+                      allow_change: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
     """Train the config as written, or one of ``compare``'s variants (``single``, ``mtl``,
     ``coann``, ``dm``, ``coann+dm``, ``oracle``). Returns the run's metrics; for ``single``
-    (one run per task), ``{run name: metrics}``."""
+    (one run per task), ``{run name: metrics}``. A folder holding an earlier run gets a ``-vN``
+    sibling unless ``overwrite``; ``allow_change`` as in :func:`train_experiment`."""
     out = Path(out_dir or config["output"]["dir"] or Path("runs") / config["name"])
+    out = choose_run_folder(out, resume=resume, overwrite=overwrite)
     runs = variant_plan(config, variant)
-    results = {name: train_experiment(exp, run_folder(out, name, runs), resume=resume, progress=progress)
+    results = {name: train_experiment(exp, run_folder(out, name, runs), resume=resume, progress=progress,
+                                         allow_change=allow_change)
                for name, exp, _ in runs}
     return next(iter(results.values())) if len(results) == 1 else results
 
