@@ -20,6 +20,7 @@ REGISTRY: dict[str, str] = {
     "celeba": "distmtl.data.loaders.celeba",
     "cub200": "distmtl.data.loaders.cub200",
     "fashion_mnist": "distmtl.data.loaders.fashion_mnist",
+    "digits": "distmtl.data.loaders.digits",
 }
 
 

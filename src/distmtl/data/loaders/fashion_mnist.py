@@ -69,11 +69,11 @@ def _table_path(table: str | os.PathLike | None):
     return resources.files("distmtl.relatedness") / "tables" / "fashion_attributes.csv"
 
 
-def attribute_table(table: str | os.PathLike | None = None) -> tuple[np.ndarray, list[str]]:
-    """The class-attribute table [10, A] (rows in CLASSES order) and the attribute names."""
-    path = _table_path(table)
+def read_class_table(path, classes, dataset: str) -> tuple[np.ndarray, list[str]]:
+    """A class-attribute CSV (header ``class,<attribute>...``, one row of probabilities per class)
+    as an array [len(classes), A] in ``classes`` order, and the attribute names."""
     if not path.is_file():
-        raise DistmtlError(f"{NAME}: attribute table not found: {path}")
+        raise DistmtlError(f"{dataset}: attribute table not found: {path}")
     with path.open(newline="", encoding="utf-8-sig") as handle:
         rows = [row for row in csv.reader(handle) if row]
     names = [cell.strip() for cell in rows[0][1:]] if rows else []
@@ -84,13 +84,18 @@ def attribute_table(table: str | os.PathLike | None = None) -> tuple[np.ndarray,
         except ValueError:
             numbers = []
         if len(numbers) != len(names) or not all(0.0 <= v <= 1.0 for v in numbers):
-            raise DistmtlError(f"{NAME}: {path}, line {lineno}: expected {len(names)} "
+            raise DistmtlError(f"{dataset}: {path}, line {lineno}: expected {len(names)} "
                                f"probabilities in [0, 1]: {','.join(row)[:60]!r}")
         values[row[0].strip()] = numbers
-    if not names or sorted(values) != sorted(CLASSES):
-        raise DistmtlError(f"{NAME}: {path}: expected a header of attribute names and one row "
-                           f"per class ({', '.join(CLASSES)})")
-    return np.array([values[c] for c in CLASSES]), names
+    if not names or sorted(values) != sorted(classes):
+        raise DistmtlError(f"{dataset}: {path}: expected a header of attribute names and one row "
+                           f"per class ({', '.join(classes)})")
+    return np.array([values[c] for c in classes]), names
+
+
+def attribute_table(table: str | os.PathLike | None = None) -> tuple[np.ndarray, list[str]]:
+    """The class-attribute table [10, A] (rows in CLASSES order) and the attribute names."""
+    return read_class_table(_table_path(table), CLASSES, NAME)
 
 
 ATTRIBUTES = tuple(attribute_table()[1])
@@ -152,14 +157,15 @@ def read_split(root: str | os.PathLike | None, split: str) -> tuple[np.ndarray, 
     return images, labels
 
 
-def noisy_attributes(labels: np.ndarray, table: np.ndarray, *, seed: int, split: str,
+def noisy_attributes(labels: np.ndarray, table: np.ndarray, *, seed: int, split: str | int,
                      noise: float) -> np.ndarray:
     """Per-image 0/1 attributes: Bernoulli(table[label]) then flipped with probability noise.
 
     Row i depends only on (seed, split, i, labels[i]): one stream per (seed, split), drawn for
     every image in order.
     """
-    rng = np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_STREAM[split]]))
+    stream = SPLIT_STREAM[split] if isinstance(split, str) else int(split)
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), stream]))
     draws = rng.random((2, len(labels), table.shape[1]))
     present = draws[0] < table[labels]
     flipped = draws[1] < noise
@@ -231,19 +237,19 @@ def load(
     return LoadedSource(NAME, frame, images=np.concatenate(arrays), notes=notes)
 
 
-def _subset(subset, split: str) -> tuple[int, int | None] | None:
+def _subset(subset, split: str, dataset: str = NAME) -> tuple[int, int | None] | None:
     """``[start, stop]`` checked: non-negative integers, start < stop (stop may be None)."""
     if subset is None:
         return None
     if split == "all":
-        raise DistmtlError(f"{NAME}: subset needs split 'train' or 'test', not 'all'")
+        raise DistmtlError(f"{dataset}: subset needs split 'train' or 'test', not 'all'")
     if not isinstance(subset, (list, tuple)) or len(subset) != 2:
-        raise DistmtlError(f"{NAME}: subset must be [start, stop], not {subset!r}")
+        raise DistmtlError(f"{dataset}: subset must be [start, stop], not {subset!r}")
     start, stop = subset
     ok_start = isinstance(start, int) and not isinstance(start, bool) and start >= 0
     ok_stop = stop is None or (isinstance(stop, int) and not isinstance(stop, bool) and stop > 0)
     if not (ok_start and ok_stop) or (stop is not None and stop <= start):
-        raise DistmtlError(f"{NAME}: subset must be [start, stop] with 0 <= start < stop "
+        raise DistmtlError(f"{dataset}: subset must be [start, stop] with 0 <= start < stop "
                            f"(image indices of the split, stop excluded), not {subset!r}")
     return int(start), (None if stop is None else int(stop))
 
