@@ -25,7 +25,7 @@ data/synthfacs/synthfacs.json: | $(STAMP)
 	$(BIN)/distmtl data synth --out data/synthfacs --preset demo --seed 0
 
 demo: $(STAMP) data/synthfacs/synthfacs.json
-	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 3 --out runs/demo --quiet
+	$(BIN)/distmtl compare --config configs/synthfacs_demo.yaml --seeds 1 --jobs 2 --out runs/demo --quiet
 
 # BENCHMARKS.md, reduced: speed, memory and index scaling at one size, and the quality study's
 # regime (a) with 1 seed and 300 steps (single, plain MTL, +both, oracle): under 10 minutes on 2 cores.
