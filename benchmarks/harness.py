@@ -9,6 +9,7 @@ so an interrupted benchmark re-run continues where it stopped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import platform
 import shlex
@@ -22,7 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from distmtl.study.report import RunRecord, read_runs
+from distmtl.study.report import RunRecord, read_runs  # noqa: F401  (RunRecord: part of this module's API)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -85,8 +86,7 @@ def study_records(out: Path, study: Study, rename: dict[str, str] | None = None)
     records = []
     for runs_csv in sorted((out / study.name).glob("seed*/runs.csv")):
         for r in read_runs(runs_csv):
-            variant = (rename or {}).get(r.variant, r.variant)
-            records.append(RunRecord(variant, r.seed, r.task, r.metric, r.value))
+            records.append(dataclasses.replace(r, variant=(rename or {}).get(r.variant, r.variant)))
     return records
 
 
@@ -107,9 +107,10 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def summary_markdown(summary: pd.DataFrame) -> str:
-    """Variants as rows; per task: mean ± std, gap closed, verdict against single-task."""
+    """Variants as rows; per task: mean ± std, gap closed, verdict against single-task; then the mean
+    steps trained and, in plateau mode, how many runs reached their plateau."""
     tasks = list(dict.fromkeys(zip(summary["task"], summary["metric"])))
-    head = ["variant"]
+    head = ["variant", "steps", "plateau"]
     for task, metric in tasks:
         head += [f"{task} {metric}", "gap closed", "vs single-task"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -117,7 +118,8 @@ def summary_markdown(summary: pd.DataFrame) -> str:
     variants = [v for v in variants if v != "oracle"] + [v for v in variants if v == "oracle"]
     for variant in variants:
         rows = summary[summary["variant"] == variant]
-        cells = [str(rows["display_name"].iloc[0])]
+        first = rows.iloc[0]
+        cells = [str(first["display_name"]), _fmt(first.get("steps"), 0), str(first.get("plateau") or "-")]
         for task, metric in tasks:
             row = rows[(rows["task"] == task) & (rows["metric"] == metric)]
             if row.empty:

@@ -11,11 +11,22 @@ Parts (``--parts``):
 - ``ablations``: regime (a), +both, one change each: DM direction, A->B DM form, stop-gradient,
   DM weight lambda.
 - ``weighting``: regime (a), +both, with each weighting strategy; the task weights over training.
+- ``fashion``: Fashion-MNIST (configs/fashion_mnist.yaml): scarce categories (300 category-labelled
+  images beside 10,000 attribute-labelled ones) and the reverse (10,000 + 300); every variant.
+  Needs the data (``make fashion-mnist``).
+- ``digits``: scikit-learn's digits with class-level attributes (configs/digits.yaml): scarce digits
+  (100 + 1,100) and the reverse (1,100 + 100); every variant.
+
+``--until plateau`` (the default) trains every run until its validation score stops improving
+(``CONVERGED``: SynthFACS at 48 px, patience 500 steps, cap 4,000) and each table gives the steps
+and how many runs reached their plateau; ``--until steps`` is the earlier equal-budget study
+(450 steps).
 
 Writes ``<out>/quality.md`` (all tables, the commands, the machine) and one PNG per regime and part.
 
-    python benchmarks/quality.py                      # everything, 3 seeds (CPU: hours)
+    python benchmarks/quality.py                      # everything at convergence, 3 seeds (CPU: many hours)
     python benchmarks/quality.py --jobs 14 --set trainer.accelerator=gpu   # on a GPU machine
+    python benchmarks/quality.py --until steps        # the equal-budget study (450 steps)
     python benchmarks/quality.py --quick              # make bench-quick: regime (a), 1 seed, 300 steps
 """
 
@@ -35,11 +46,30 @@ from distmtl.study.report import plot_summary, summarise, write_results
 from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
 
 CONFIG = "configs/synthfacs_demo.yaml"
+FASHION_CONFIG = "configs/fashion_mnist.yaml"
+DIGITS_CONFIG = "configs/digits.yaml"
+# SynthFACS trained to its plateau: the oracle flattens near step 2,250 at 48 px (batch 64)
+CONVERGED = ["data.image_size=48", "train.until=plateau", "train.max_steps=4000", "train.patience_steps=500",
+             "train.min_delta=0.003", "train.val_every_steps=100", "train.checkpoint_every_steps=1000",
+             "train.dm_ramp_steps=200"]
+EQUAL_BUDGET = ["data.image_size=48", "train.until=steps", "train.max_steps=450", "train.val_every_steps=150",
+                "train.checkpoint_every_steps=450", "train.dm_ramp_steps=150"]
+FASHION_CONVERGED = ["train.until=plateau", "train.max_steps=4000", "train.patience_steps=500",
+                     "train.min_delta=0.003", "train.val_every_steps=100", "train.checkpoint_every_steps=1000"]
+FASHION = "data.sources.{i}.options.subset=[{lo},{hi}]"
+FASHION_REGIMES = {  # name: (label, category images, attribute images)
+    "fashion_scarce_categories": ("Fashion-MNIST, scarce categories (300 + 10,000)", (0, 300), (300, 10300)),
+    "fashion_scarce_attributes": ("Fashion-MNIST, scarce attributes (10,000 + 300)", (0, 10000), (10000, 10300)),
+}
+DIGITS_REGIMES = {
+    "digits_scarce_digits": ("digits, scarce digits (100 + 1,100)", (0, 100), (100, 1200)),
+    "digits_scarce_attributes": ("digits, scarce attributes (1,100 + 100)", (0, 1100), (1100, 1200)),
+}
 ALL_VARIANTS = ["single", "mtl", "coann", "dm", "coann+dm", "oracle"]
 QUICK_VARIANTS = ["single", "mtl", "coann+dm", "oracle"]
 # 300 steps: at 150 the single-seed expression comparison was noise; at 300 the quick run shows
 # the full study's shape (+both > plain MTL > single-task on both tasks)
-QUICK_BUDGET = ["train.max_steps=300", "train.val_every_steps=150", "train.checkpoint_every_steps=300",
+QUICK_BUDGET = ["data.image_size=48", "train.until=steps", "train.max_steps=300", "train.val_every_steps=150", "train.checkpoint_every_steps=300",
                 "train.dm_ramp_steps=100"]
 REL = "relatedness.0"
 ABLATIONS = {  # name: (label, overrides); the reference is regime (a)'s +both
@@ -108,10 +138,27 @@ def table_errors(paths: dict[str, str]) -> dict[str, float]:
     return out
 
 
-def plan(parts: list[str], paths: dict[str, str], quick: bool) -> dict[str, list[Study]]:
-    budget = QUICK_BUDGET if quick else []
+def disjoint_regime(name: str, label: str, config: str, first: tuple, second: tuple, budget: list[str],
+                    variants: list[str]) -> Study:
+    """Two disjoint windows of one split as the two sources; the oracle is their union, labelled."""
+    lo, hi = min(first[0], second[0]), max(first[1], second[1])
+    return Study(name, config, variants, budget + [
+        FASHION.format(i=0, lo=first[0], hi=first[1]), FASHION.format(i=1, lo=second[0], hi=second[1]),
+        f"data.oracle.options.subset=[{lo},{hi}]"], label)
+
+
+def plan(parts: list[str], paths: dict[str, str], quick: bool, until: str = "plateau") -> dict[str, list[Study]]:
+    budget = QUICK_BUDGET if quick else (CONVERGED if until == "plateau" else EQUAL_BUDGET)
     variants = QUICK_VARIANTS if quick else ALL_VARIANTS
     groups: dict[str, list[Study]] = {}
+    if "fashion" in parts:
+        extra = FASHION_CONVERGED if until == "plateau" else []
+        groups["fashion"] = [disjoint_regime(n, label, FASHION_CONFIG, a, b, extra, variants)
+                             for n, (label, a, b) in FASHION_REGIMES.items()]
+    if "digits" in parts:
+        extra = [] if until == "plateau" else ["train.until=steps", "train.max_steps=450"]
+        groups["digits"] = [disjoint_regime(n, label, DIGITS_CONFIG, a, b, extra, variants)
+                            for n, (label, a, b) in DIGITS_REGIMES.items()]
     if "regimes" in parts:
         regimes = [Study("regime_a", CONFIG, variants, budget, "(a) balanced")]
         if not quick:
@@ -157,15 +204,16 @@ def weights_figure(out: Path, studies: list[Study], reference: Study) -> Path | 
 
 def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str, seeds: list[int],
            errors: dict[str, float] | None) -> Path:
-    lines = ["# Learning quality on SynthFACS", "", f"command: `{command}`", "", machine,
+    lines = ["# Learning quality: SynthFACS, Fashion-MNIST, digits", "", f"command: `{command}`", "", machine,
              f"seeds: {', '.join(map(str, seeds))}; config: {CONFIG} (plus each study's overrides)", ""]
     reference = next((s for s in groups.get("regimes", []) if s.name == "regime_a"), Study("regime_a", CONFIG, []))
-    for study in groups.get("regimes", []):
+    for study in groups.get("regimes", []) + groups.get("fashion", []) + groups.get("digits", []):
         records = study_records(out, study)
         if not records:
             continue
         write_results(records, out / study.name, title=f"SynthFACS {study.label}")
-        lines += [f"## Regime {study.label}", "", f"overrides: `{' '.join(study.overrides) or '(none)'}`", "",
+        heading = f"Regime {study.label}" if study.name.startswith("regime_") else study.label
+        lines += [f"## {heading}", "", f"config: {study.config}; overrides: `{' '.join(study.overrides) or '(none)'}`", "",
                   summary_markdown(summarise(records)), "", f"![{study.name}]({study.name}/results.png)", ""]
     titles = {"relatedness": "Relatedness table quality, regime (a), +both",
               "ablations": "Ablations, regime (a), +both", "weighting": "Weighting strategies, regime (a), +both"}
@@ -190,8 +238,11 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
 
 
 def main(argv=None) -> int:
-    p = study_arguments(__doc__, "runs/quality", ["regimes", "relatedness", "ablations", "weighting"])
+    p = study_arguments(__doc__, "runs/quality", ["regimes", "relatedness", "ablations", "weighting",
+                                                   "fashion", "digits"])
     p.add_argument("--quick", action="store_true", help="regime (a), 1 seed, 300 steps, 4 variants")
+    p.add_argument("--until", choices=["plateau", "steps"], default="plateau",
+                   help="train every run to its plateau (default) or for the equal budget of 450 steps")
     args = p.parse_args(argv)
     command = shown_command("quality.py", argv or sys.argv[1:])
     data, out = (REPO / args.data).resolve(), (REPO / args.out).resolve()
@@ -199,7 +250,7 @@ def main(argv=None) -> int:
     seeds = [0] if args.quick else list(range(args.seeds))
     ensure_synthfacs(data)
     paths = derive_data(data)
-    groups = plan(sorted(set(parts) | {"regimes"}) if not args.quick else parts, paths, args.quick)
+    groups = plan(sorted(set(parts) | {"regimes"}) if not args.quick else parts, paths, args.quick, args.until)
     if "regimes" not in parts:  # the other parts compare against regime (a): train only its runs
         groups["regimes"] = [s for s in groups["regimes"] if s.name == "regime_a"]
     extra = ["data.num_workers=0", *args.set]

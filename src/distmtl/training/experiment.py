@@ -155,11 +155,11 @@ def read_source(spec: Any, tasks: dict[str, Task], config: dict, where: str) -> 
     else:
         from distmtl.data.loaders import get_loader
 
-        if not spec.get("root"):
-            raise DistmtlError(f"{where}.root: the dataset folder is required for loader '{spec['loader']}'")
         module = get_loader(spec["loader"])
+        if not spec.get("root") and getattr(module, "NEEDS_ROOT", True):  # bundled data needs none
+            raise DistmtlError(f"{where}.root: the dataset folder is required for loader '{spec['loader']}'")
         options = dict(spec.get("options") or {})
-        loaded = module.load(spec["root"], split=spec.get("split", "train"), **options)
+        loaded = module.load(spec.get("root"), split=spec.get("split", "train"), **options)
         loaded.name = name
         if spec.get("rename"):
             loaded.frame = loaded.frame.rename(columns=dict(spec["rename"]))

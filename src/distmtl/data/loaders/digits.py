@@ -32,6 +32,7 @@ from distmtl.data.loaders.fashion_mnist import _subset, noisy_attributes, read_c
 from distmtl.errors import DistmtlError
 
 NAME = "digits"
+NEEDS_ROOT = False  # bundled with scikit-learn
 CLASSES = tuple(str(d) for d in range(10))
 SPLITS = {"train": (0, 1200), "val": (1200, 1500), "test": (1500, 1797)}
 KEEP = ("both", "digit", "attributes")

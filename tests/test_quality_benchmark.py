@@ -1,0 +1,51 @@
+"""Plumbing of benchmarks/quality.py: its regimes resolve to the intended sources, and one tiny
+digits study runs through the harness to a report with steps and plateau columns."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import quality  # noqa: E402
+from harness import Study, run_jobs  # noqa: E402
+
+from distmtl.config import load_config  # noqa: E402
+from distmtl.training.experiment import build_experiment  # noqa: E402
+
+
+def test_plateau_mode_is_the_default_and_every_regime_is_planned():
+    groups = quality.plan(["regimes", "fashion", "digits"], {f"{k}_{r}": "x.csv" for k in ("expr", "au", "oracle")
+                                                             for r in "bc"}, quick=False)
+    names = {s.name for studies in groups.values() for s in studies}
+    assert {"regime_a", "regime_b", "regime_c", "fashion_scarce_categories", "fashion_scarce_attributes",
+            "digits_scarce_digits", "digits_scarce_attributes"} <= names
+    regime_a = groups["regimes"][0]
+    assert "train.until=plateau" in regime_a.overrides and "data.image_size=48" in regime_a.overrides
+    steps = quality.plan(["relatedness"], {"estimated": "e.csv", "true": "t.csv"}, quick=False,
+                         until="steps")["relatedness"][0]
+    assert "train.until=steps" in steps.overrides and "train.max_steps=450" in steps.overrides
+
+
+def test_digits_regimes_resolve_to_disjoint_sources_and_their_oracle():
+    for study in quality.plan(["digits"], {}, quick=False)["digits"]:
+        exp = build_experiment(load_config(ROOT / study.config, study.overrides + ["data.cache_images=false"]),
+                               with_oracle=True)
+        sizes = [len(s) for s in exp.train_sources]
+        assert sorted(sizes) == [100, 1100] and len(exp.oracle) == 1200
+        assert exp.config["train"]["until"] == "plateau"
+
+
+@pytest.mark.slow
+def test_a_tiny_digits_study_runs_through_the_harness_to_a_report(tmp_path):
+    study = quality.plan(["digits"], {}, quick=False)["digits"][0]
+    study = Study(study.name, study.config, ["single"],
+                  study.overrides + ["train.max_steps=6", "train.val_every_steps=3", "train.patience_steps=3"],
+                  study.label)
+    assert run_jobs([study], tmp_path, [0], 1, []) == []
+    path = quality.report(tmp_path, {"digits": [study]}, "python benchmarks/quality.py", "machine: test", [0], None)
+    text = path.read_text()
+    assert "## digits, scarce digits (100 + 1,100)" in text and "| variant | steps | plateau |" in text
+    assert (tmp_path / study.name / "results.md").exists()
