@@ -37,13 +37,14 @@ def cmd_train(args) -> int:
     out = Path(args.out or config["output"]["dir"] or Path("runs") / config["name"])
     out = choose_run_folder(out, resume=args.resume, overwrite=args.overwrite)
     from distmtl.evaluation.metrics import format_metrics_table
+    from distmtl.training.runner import is_main_process
 
     for name, exp, _ in runs:
-        if name and len(runs) > 1:
+        if name and len(runs) > 1 and is_main_process():
             print(f"\nrun {name}:")
         results = train_experiment(exp, run_folder(out, name, runs), resume=args.resume,
                                    allow_change=args.allow_change or ())
-        if not results:  # a rank other than 0 of a distributed run: rank 0 evaluates and reports
+        if not is_main_process():  # under DDP every rank has the results; rank 0 prints them
             continue
         for split in ("val", "test"):
             if split in results:

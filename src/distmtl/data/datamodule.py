@@ -1,4 +1,5 @@
-"""The LightningDataModule: training sources behind the multi-source sampler, eval splits plain."""
+"""The LightningDataModule: training sources behind the multi-source sampler, eval splits in order
+(sharded over the processes under DDP)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import lightning as L
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 from distmtl.data.csvformat import EncodedSource
 from distmtl.data.mixing import SourceMix, source_mix
 from distmtl.data.sampler import MultiSourceBatchSampler
-from distmtl.data.sources import MultiSourceDataset, SourceDataset
+from distmtl.data.sources import IndexedDataset, MultiSourceDataset, SourceDataset
 from distmtl.data.augment import DecodeResize, FusedAugment
 from distmtl.data.transforms import Augmentation, Preprocessing, eval_transform
 
@@ -94,9 +96,16 @@ class MultiSourceDataModule(L.LightningDataModule):
                           **self._loader_kwargs())
 
     def eval_dataloader(self, split: str) -> DataLoader:
+        """The split in order; under DDP (a process group of several processes) each process reads
+        its own shard. torch's ``DistributedSampler`` pads the last shard with a few repeated rows
+        so that every process runs the same number of batches; every item carries its position
+        (``index``), by which the module keeps each row once (``evaluation.gathered``)."""
         source = self.eval_sources[split]
-        dataset = SourceDataset(source, eval_transform(self.pre), self.pre.channels)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False,
+        dataset = IndexedDataset(SourceDataset(source, eval_transform(self.pre), self.pre.channels))
+        sampler = None
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            sampler = DistributedSampler(dataset, shuffle=False, drop_last=False)
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, sampler=sampler,
                           **self._loader_kwargs())
 
     def val_dataloader(self):

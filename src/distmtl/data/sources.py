@@ -67,6 +67,20 @@ class SourceDataset(Dataset):
         return item
 
 
+class IndexedDataset(Dataset):
+    """``dataset``'s items with their position in it (``item["index"]``): rows evaluated by several
+    processes can then be put back in the dataset's order, each once."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        return {**self.dataset[i], "index": i}
+
+
 class MultiSourceDataset(Dataset):
     """Several sources behind one global index: source ``s`` holds ``offsets[s] .. offsets[s+1]-1``."""
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from distmtl.errors import DistmtlError
+from distmtl.evaluation.gathered import GatheredOutputs
 from distmtl.evaluation.metrics import PRIMARY_METRIC, task_metrics
 from distmtl.losses import task_loss
 from distmtl.losses.graph import EdgeConfig, RelatednessEdge, RelatednessGraph
@@ -75,7 +76,11 @@ class MultiTaskModule(L.LightningModule):
         self.automatic_optimization = not getattr(self.weighting, "aggregates_gradients", False)
         self.nan_skipped = 0
         self._nonfinite = None
-        self._eval_store: dict[str, list] = {}
+        # one split's per-sample outputs at a time, gathered over processes once per sample
+        self.eval_outputs = GatheredOutputs({t: 5 if task.kind == "identity" else 3
+                                             for t, task in self.tasks.items()})
+        self._eval_seen = 0
+        self.last_eval_samples = 0
 
     # ----- training -----
     def forward(self, x):
@@ -204,29 +209,41 @@ class MultiTaskModule(L.LightningModule):
 
     # ----- evaluation -----
     def store_outputs(self, batch) -> None:
-        """Keep one evaluation batch's outputs, targets and masks (on the CPU) for ``collected``;
-        for an identity task also the embeddings (L2-normalised shared features, as
-        ``net.embed``) and the identity groups of the batch (``batch["groups"]``)."""
+        """Keep one evaluation batch's outputs, targets and masks for ``collected``; for an
+        identity task also the embeddings (L2-normalised shared features, as ``net.embed``) and
+        the identity groups of the batch (``batch["groups"]``). ``batch["index"]``, the samples'
+        positions in the split (the DataModule's evaluation loaders give it), orders the rows
+        gathered from several processes; without it the batches are taken to come in order."""
         outputs, features = self.net(batch["image"])
         embeddings = None
+        parts = {}
         for t, task in self.tasks.items():
-            parts = [outputs[t].detach().float().cpu(), batch["targets"][t].cpu(), batch["masks"][t].cpu()]
+            kept = [outputs[t].detach().float(), batch["targets"][t], batch["masks"][t]]
             if task.kind == "identity":
                 if embeddings is None:
-                    embeddings = F.normalize(features.detach().float(), dim=1).cpu()
+                    embeddings = F.normalize(features.detach().float(), dim=1)
                 groups = batch.get("groups", {}).get(t)
                 if groups is None:  # a batch without groups: its training identities are the groups
-                    groups = torch.where(parts[2], parts[1], -1)
-                parts += [embeddings, groups.cpu()]
-            store = self._eval_store.setdefault(t, [[] for _ in parts])
-            for kept, part in zip(store, parts):
-                kept.append(part)
+                    groups = torch.where(kept[2], kept[1], -1)
+                kept += [embeddings, groups]
+            parts[t] = kept
+        n = batch["image"].shape[0]
+        index = batch.get("index")
+        if index is None:
+            index = torch.arange(self._eval_seen, self._eval_seen + n, device=batch["image"].device)
+        self._eval_seen += n
+        self.eval_outputs.update(index, parts)
 
     def collected(self) -> dict[str, tuple[torch.Tensor, ...]]:
-        """Per task ``(outputs, targets, masks)``, plus ``(embeddings, groups)`` for an identity task."""
-        out = {t: tuple(torch.cat(x) for x in parts) for t, parts in self._eval_store.items()}
-        self._eval_store = {}
-        return out
+        """Per task ``(outputs, targets, masks)``, plus ``(embeddings, groups)`` for an identity
+        task, on the CPU: every sample of the split once, in the split's order, from every process."""
+        if self.eval_outputs.update_count == 0:
+            return {}
+        parts, index = self.eval_outputs.compute()
+        self.eval_outputs.reset()
+        self._eval_seen = 0
+        self.last_eval_samples = int(index.numel())
+        return {t: tuple(x.cpu() for x in tensors) for t, tensors in parts.items()}
 
     def validation_step(self, batch, batch_idx):
         self.store_outputs(batch)
@@ -235,10 +252,7 @@ class MultiTaskModule(L.LightningModule):
         self.store_outputs(batch)
 
     def _log_eval(self, prefix: str):
-        collected = self.collected()
-        if self.trainer.world_size > 1:
-            collected = {t: tuple(self.all_gather(x).flatten(0, 1) for x in parts)
-                         for t, parts in collected.items()}
+        collected = self.collected()  # the same on every process
         metrics = metrics_from_outputs(self.tasks, collected)
         scores = []
         for t, m in metrics.items():

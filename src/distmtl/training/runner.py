@@ -188,30 +188,64 @@ def _train_locked(exp: Experiment, out_dir: Path, *, resume: bool, progress: boo
         raise DistmtlError(f"{last}: the checkpoint's weights do not fit this config's model "
                            f"({str(exc).splitlines()[0]}...)") from None
     trainer.save_checkpoint(last)  # collective under DDP: every rank calls it, rank 0 writes
-    if trainer.global_rank != 0:
-        return {}
-    for logger in trainer.loggers:
-        logger.save()  # the CSV log is buffered: flush it before drawing the curves
-    merge_logs(out_dir)  # a resumed run's log covers the whole run
-    write_training_curves(out_dir)
+    main = trainer.is_global_zero
+    if main:
+        for logger in trainer.loggers:
+            logger.save()  # the CSV log is buffered: flush it before drawing the curves
+        merge_logs(out_dir)  # a resumed run's log covers the whole run
+        write_training_curves(out_dir)
     best = out_dir / "checkpoints" / "best.ckpt"
     best_module = load_module(best if best.exists() else last)
+    # every rank returns the same results; only rank 0 writes files
     results: dict[str, Any] = {"checkpoint": str(best if best.exists() else last),
                                "steps": int(trainer.global_step), "nan_skipped": module.nan_skipped,
-                               **stopping_summary(trainer, config, out_dir)}
-    eval_trainer = L.Trainer(accelerator=config["trainer"]["accelerator"], devices=1, logger=False,
-                             enable_progress_bar=False, enable_model_summary=False)
+                               **stopping_summary(trainer, config, out_dir), "eval_samples": {}}
+    eval_trainer = make_eval_trainer(config)
     outputs = {}
     for split in ("val", "test"):
         if split in exp.eval_sources:
             eval_trainer.test(best_module, dataloaders=dm.eval_dataloader(split), verbose=False)
             results[split] = best_module.last_metrics
+            results["eval_samples"][split] = best_module.last_eval_samples
             outputs[split] = best_module.last_outputs
-            if split == "test":
+            if split == "test" and main:
                 write_coactivation(exp, best_module.last_outputs, out_dir)
     add_calibrated_f1(exp, results, outputs)
-    atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2, default=float))
+    if main:
+        atomic_write_text(out_dir / "metrics.json", json.dumps(results, indent=2, default=float))
     return results
+
+
+def in_process_group() -> bool:
+    """Whether this process is one of several in an initialised torch.distributed group (a DDP
+    run launched by Lightning's script launcher, torchrun or a cluster)."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a process group; before one exists, the rank the launcher gave this process
+    (Lightning reads it from the environment: RANK, LOCAL_RANK, SLURM_PROCID, ...)."""
+    import torch.distributed as dist
+    from lightning.pytorch.utilities import rank_zero_only
+
+    if in_process_group():
+        return dist.get_rank() == 0
+    return int(getattr(rank_zero_only, "rank", 0) or 0) == 0
+
+
+def make_eval_trainer(config: dict) -> L.Trainer:
+    """The Trainer of the final evaluation. Inside a DDP process group it uses the run's own
+    devices and strategy, so every rank evaluates its shard of each split (the DataModule shards
+    them; the module gathers each sample once). Otherwise (one process, or the main process of a
+    spawn-based strategy after fit) one device of the run's accelerator."""
+    tr = config["trainer"]
+    common = dict(accelerator=tr["accelerator"], logger=False, enable_progress_bar=False,
+                  enable_model_summary=False, use_distributed_sampler=False)
+    if in_process_group():
+        return L.Trainer(devices=tr["devices"], num_nodes=tr["num_nodes"], strategy=tr["strategy"], **common)
+    return L.Trainer(devices=1, **common)
 
 
 def add_calibrated_f1(exp: Experiment, results: dict, outputs: dict) -> None:
