@@ -194,6 +194,7 @@ def _train_locked(exp: Experiment, out_dir: Path, *, resume: bool, progress: boo
             logger.save()  # the CSV log is buffered: flush it before drawing the curves
         merge_logs(out_dir)  # a resumed run's log covers the whole run
         write_training_curves(out_dir)
+    trainer.strategy.barrier("distmtl:log-flushed")  # other ranks read the log (stopping_summary)
     best = out_dir / "checkpoints" / "best.ckpt"
     best_module = load_module(best if best.exists() else last)
     # every rank returns the same results; only rank 0 writes files
