@@ -174,7 +174,8 @@ def _train_locked(exp: Experiment, out_dir: Path, *, resume: bool, progress: boo
     elif not is_follower_rank():
         dump_config(config, out_dir / "config.yaml")
     L.seed_everything(int(config["seed"]), workers=True, verbose=False)
-    write_estimated_tables(exp, out_dir)
+    if not is_follower_rank():
+        write_estimated_tables(exp, out_dir)
     module = module_from_experiment(exp)
     dm = datamodule_from_experiment(exp, train_sources, report=progress is not False)
     trainer = make_trainer(config, out_dir, progress=progress)
