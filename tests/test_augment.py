@@ -104,3 +104,34 @@ def test_augment_on_is_validated(files):
     raw["data"]["augment_on"] = "gpu"
     with pytest.raises(DistmtlError, match="data.augment_on: expected one of auto, device, workers"):
         resolve(raw)
+
+
+def test_pillow_fallback_draws_what_opencv_draws(monkeypatch):
+    import distmtl.data.augment as augment
+
+    image = Image.fromarray(smooth_image(64))
+    pre = Preprocessing(size=32)
+    torch.manual_seed(3)
+    first = FusedAugment(pre, FLAGSHIP)(image)
+    monkeypatch.setattr(augment, "_opencv", lambda: None)
+    torch.manual_seed(3)
+    fallback = FusedAugment(pre, FLAGSHIP)(image)
+    assert first.shape == fallback.shape == (3, 32, 32)
+    assert (first - fallback).abs().mean() < 0.03
+
+
+def test_device_path_decode_errors_name_the_file(tmp_path):
+    from distmtl.data.transforms import decode_tensor
+
+    broken = tmp_path / "cut.jpg"
+    Image.fromarray(smooth_image(32)).save(broken, quality=90)
+    broken.write_bytes(broken.read_bytes()[:40])
+    with pytest.raises(DistmtlError, match=r"cut\.jpg: cannot decode image") as err:
+        decode_tensor(str(broken), 3, str(broken))
+    assert "\n" not in str(err.value)
+    with pytest.raises(DistmtlError, match="missing.png: image file not found"):
+        decode_tensor(str(tmp_path / "missing.png"), 3, str(tmp_path / "missing.png"))
+    good = tmp_path / "ok.png"
+    Image.fromarray(smooth_image(32)).save(good)
+    assert torch.equal(decode_tensor(str(good), 3, "ok"), torch.from_numpy(smooth_image(32)).permute(2, 0, 1))
+    assert decode_tensor(good.read_bytes(), 1, "ok").shape == (1, 32, 32)

@@ -60,7 +60,8 @@ class MultiSourceDataModule(L.LightningDataModule):
         self.augment_on = augment_on
         transform = DecodeResize(preprocessing) if augment_on == "device" else FusedAugment(preprocessing, augmentation)
         self.train_set = MultiSourceDataset(
-            [SourceDataset(s, transform, preprocessing.channels, draft_size=preprocessing.size)
+            [SourceDataset(s, transform, preprocessing.channels, draft_size=preprocessing.size,
+                           as_tensor=augment_on == "device")
              for s in self.train_sources], seed=seed)
         self.sampler = MultiSourceBatchSampler(
             self.train_set.sizes, batch_size, ratios=sampling, epoch_batches=epoch_batches, seed=seed)

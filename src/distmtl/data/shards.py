@@ -6,7 +6,7 @@
   record ``i`` is ``{"index": i, "image": <the image file's bytes>}``, the file exactly as it was
   on disk (an array-backed source's images are stored as lossless PNG);
 - ``labels.parquet``: the source's canonical frame (the table a CSV or loader reads into) minus
-  the image paths, row ``i`` for record ``i``, so every label, mask, subject and identity comes
+  the image paths, row ``i`` for record ``i`` (column ``_record``), so every label, mask, subject and identity comes
   back exactly and is encoded for whatever tasks the experiment configures;
 - ``source.json``: what was packed (name, rows, where from, format version).
 
@@ -34,6 +34,7 @@ from distmtl.errors import DistmtlError
 FORMAT = 1
 META = "source.json"
 LABELS = "labels.parquet"
+RECORD = "_record"
 CHUNK_BYTES = "64MB"
 
 
@@ -75,6 +76,7 @@ def write_shards(loaded: LoadedSource, out_dir: str | Path, *, origin: str = "",
     writer.done()
     writer.merge()
     labels = loaded.frame.drop(columns=["image"]).reset_index(drop=True)
+    labels.insert(0, RECORD, np.arange(n, dtype=np.int64))  # the record each row's image is in
     labels.to_parquet(out / LABELS, index=False)
     meta = {"format": FORMAT, "name": loaded.name, "rows": n, "origin": origin,
             "array_images": loaded.images is not None}
@@ -106,6 +108,9 @@ def read_shards(shard_dir: str | Path, name: str | None = None, where: str = "sh
     if not len(frame) == records == int(meta["rows"]):
         raise DistmtlError(f"{root}: {len(frame)} label rows, {records} image records, {META} says "
                            f"{meta['rows']} (pack the source again)")
+    if RECORD not in frame.columns or not np.array_equal(frame[RECORD].to_numpy(), np.arange(len(frame))):
+        raise DistmtlError(f"{root / LABELS}: no '{RECORD}' column counting 0, 1, 2, ... (pack the source again)")
+    frame = frame.drop(columns=[RECORD])
     frame.insert(0, "image", np.arange(len(frame), dtype=np.int64))
     return LoadedSource(name=name or meta.get("name") or root.name, frame=frame, shards=str(root.resolve()))
 

@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from distmtl.data.csvformat import EncodedSource
-from distmtl.data.transforms import array_to_image, load_image
+from distmtl.data.transforms import array_to_image, decode_tensor, load_image
 from distmtl.errors import DistmtlError
 
 
@@ -22,12 +22,13 @@ class SourceDataset(Dataset):
     """
 
     def __init__(self, source: EncodedSource, transform: Callable, channels: int,
-                 draft_size: int | None = None):
+                 draft_size: int | None = None, as_tensor: bool = False):
         self.source = source
         self.transform = transform  # returns the image tensor, or a dict of item fields ("image", "aug")
         self.channels = channels
         self.draft_size = draft_size  # training: JPEGs decode at a reduced DCT scale covering this
         self._reader = None  # a packed source's records, opened in the process that reads them
+        self.as_tensor = as_tensor  # decode with torchvision.io to a uint8 tensor instead of a PIL image
         self._targets = {t: torch.from_numpy(v) for t, v in source.targets.items()}
         self._masks = {t: torch.from_numpy(v) for t, v in source.masks.items()}
         # a source restricted to some tasks (dataclasses.replace of targets/masks) keeps all groups
@@ -50,10 +51,16 @@ class SourceDataset(Dataset):
                 from distmtl.data.shards import ShardReader
 
                 self._reader = ShardReader(self.source.shards)
+            where = f"{self.source.shards} record {int(ref)}"
             try:
-                return load_image(self._reader[int(ref)], self.channels, self.draft_size)
+                data = self._reader[int(ref)]
+                if self.as_tensor:
+                    return decode_tensor(data, self.channels, where)
+                return load_image(data, self.channels, self.draft_size)
             except DistmtlError as exc:
-                raise DistmtlError(f"{self.source.shards} record {int(ref)}: {exc}") from None
+                raise DistmtlError(f"{where}: {exc}") from None
+        if self.as_tensor:
+            return decode_tensor(ref, self.channels, str(ref))
         return load_image(ref, self.channels, self.draft_size)
 
     def __getitem__(self, i: int) -> dict:

@@ -122,6 +122,43 @@ def _load_bytes(data: bytes, channels: int, draft_size: int | None) -> Image.Ima
         raise DistmtlError(f"cannot decode image ({len(data)} bytes): {' '.join(str(exc).split())}") from None
 
 
+def decode_tensor(data, channels: int, where: str) -> torch.Tensor:
+    """An image file (a path, or its encoded bytes) decoded straight to a CHW uint8 tensor by
+    ``torchvision.io`` (libjpeg-turbo / libpng, no PIL image and no copy out of one); formats it
+    does not read go through :func:`load_image`, as everything does where torchvision no longer
+    ships its image decoders. Errors are one line naming ``where``."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision >= 0.29 points to torchcodec on every call
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            from torchvision.io import ImageReadMode, decode_image
+        except ImportError:
+            decode_image = None
+    if decode_image is None:
+        return _tensor_of(load_image(data, channels))
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        encoded = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    else:
+        try:
+            encoded = torch.from_numpy(np.fromfile(data, dtype=np.uint8))
+        except FileNotFoundError:
+            raise DistmtlError(f"{where}: image file not found") from None
+        except OSError as exc:
+            raise DistmtlError(f"{where}: cannot read image ({exc.strerror or exc})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return decode_image(encoded, mode=ImageReadMode.GRAY if channels == 1 else ImageReadMode.RGB)
+    except RuntimeError:  # a format or mode torchvision does not decode (or a broken file): PIL says which
+        return _tensor_of(load_image(data, channels))
+
+
+def _tensor_of(image: Image.Image) -> torch.Tensor:
+    tensor = torch.from_numpy(np.array(image))
+    return tensor[None] if tensor.ndim == 2 else tensor.permute(2, 0, 1).contiguous()
+
+
 def image_problem(path: str | Path) -> str | None:
     """Why the image file at ``path`` cannot be used (one line), or None when it decodes.
 
