@@ -87,7 +87,7 @@ def variant_runs(exp: Experiment, variant: str, key: str = "compare.variants"
         if exp.oracle is None:
             raise DistmtlError(f"{key}: 'oracle' needs data.oracle (every training image "
                                "labelled for every task)")
-        check_fully_labelled(exp.oracle, list(exp.tasks), "data.oracle")
+        check_fully_labelled(exp.oracle, list(exp.tasks), "data.oracle", source_file(cfg["data"]["oracle"]))
         run_cfg = copy.deepcopy(cfg)
         run_cfg["data"]["sampling"] = "equal"  # one source: the weights of the others do not apply
         run_cfg["train"]["label_share"] = label_shares(exp)
@@ -99,7 +99,18 @@ def variant_runs(exp: Experiment, variant: str, key: str = "compare.variants"
              list(exp.tasks))]
 
 
-def check_fully_labelled(source: EncodedSource, tasks: list[str], where: str) -> None:
+def source_file(spec: Any) -> str:
+    """What a source reads, for messages: its CSV path, else ``loader <name> at <root>``."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, dict) and "csv" in spec:
+        return str(spec["csv"])
+    if isinstance(spec, dict) and "loader" in spec:
+        return f"loader {spec['loader']} at {spec.get('root')}"
+    return str(spec)
+
+
+def check_fully_labelled(source: EncodedSource, tasks: list[str], where: str, file: str) -> None:
     """Every row of ``source`` annotated for every task (every label of a multilabel task)."""
     for t in tasks:
         mask = source.masks[t].reshape(len(source), -1).all(axis=1)
@@ -107,8 +118,10 @@ def check_fully_labelled(source: EncodedSource, tasks: list[str], where: str) ->
         if missing.size:
             i = int(missing[0])
             row = f"row {i + 1}" + ("" if source.skipped else f" (line {i + 2})")
-            raise DistmtlError(f"{where} ('{source.name}'): {row}, image {source.images[i]}, has no "
-                               f"'{t}' label; the oracle needs every task on every row "
+            image = source.images[i]
+            image = f" (image {image})" if isinstance(image, str) else ""  # cached: an index
+            raise DistmtlError(f"{where}: {file}: {row}{image} is not annotated for '{t}'; "
+                               f"the oracle needs every task on every row "
                                f"({missing.size} of {len(source)} rows lack it)")
 
 
