@@ -264,7 +264,11 @@ def plot_prediction(row, predictor, path: str | Path) -> Path:
         axes[0].imshow(image)
     except Exception:  # noqa: BLE001 - the bars are still worth drawing
         axes[0].text(0.5, 0.5, "image not available", ha="center", va="center")
-    axes[0].set_title(Path(str(row["input"])).name[:40], fontsize=9)
+    title = Path(str(row["input"])).name[:40]
+    for key, word in (("frame", "frame"), ("face_id", "face")):
+        if key in row.index and not pd.isna(row[key]):
+            title += f", {word} {int(row[key])}"
+    axes[0].set_title(title, fontsize=9)
     axes[0].axis("off")
     for ax, (title, names, values, thresholds) in zip(axes[1:], bars):
         positions = range(len(names))
