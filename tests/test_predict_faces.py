@@ -103,7 +103,7 @@ def test_cli_video_bad_input_keep_going_and_openface_layout(face_model, clip, tm
     assert len(error_rows) == 1 and "nowhere.png" in error_rows["error"].iloc[0]
     assert len(table) == 1 + 2 * 3  # frames 0, 10, 20 with two faces each
     assert _cli("predict", clip, missing, "--model", face_model, "-o", out, "--every", 10, "--quiet",
-                "--keep-going", "--layout", "openface") == 0
+                "--keep-going", "--layout", "openface", "--overwrite") == 0
     table = pd.read_csv(out)
     assert list(table.columns[:5]) == ["frame", "face_id", "timestamp", "confidence", "success"]
     assert "AU01_c" in table.columns and "FaceScore" not in table.columns
@@ -131,7 +131,7 @@ def test_recursive_folder_search(face_model, tmp_path):
     plain = tmp_path / "plain.png"
     Image.fromarray(np.full((90, 90, 3), 70, np.uint8)).save(plain)
     assert _cli("predict", tmp_path / "a" / "b" / "scene.png", plain, "--model", face_model, "-o", out,
-                "--plot", tmp_path / "plots", "--quiet") == 0
+                "--plot", tmp_path / "plots", "--quiet", "--overwrite") == 0
     assert len(list((tmp_path / "plots").glob("*.png"))) == 5  # one per face; the plain image has none
 
 
