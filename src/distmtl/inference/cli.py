@@ -228,6 +228,30 @@ def cmd_compound(args) -> int:
     return 0
 
 
+def cmd_fewshot(args) -> int:
+    from distmtl.inference.fewshot import markdown_table, plot_summary, run_fewshot, summarise
+    from distmtl.io import atomic_write_text
+
+    frame = run_fewshot(args.model, args.data, shots=args.shots, seeds=args.seeds, column=args.column,
+                        scratch_steps=args.scratch_steps, head_steps=args.head_steps, head_l2=args.head_l2,
+                        **({"methods": args.methods} if args.methods else {}),
+                        progress=None if args.quiet else print)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = summarise(frame)
+    atomic_write_text(out / "episodes.csv", frame.to_csv(index=False, float_format="%.6g"))
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False, float_format="%.6g"))
+    table = markdown_table(summary)
+    classes = frame.attrs["classes"]
+    atomic_write_text(out / "summary.md", f"Mean per-class accuracy on the query images, mean ± std over "
+                                          f"{args.seeds} episode seeds, {len(classes)} classes.\n\n{table}\n")
+    plot_summary(summary, out / "fewshot.png", title=f"few-shot, {len(classes)} classes")
+    print(f"\nmean per-class accuracy (query), mean ± std over {args.seeds} seeds, {len(classes)} classes:")
+    print(table)
+    print(f"\nwritten to {out}: episodes.csv, summary.csv, summary.md, fewshot.png")
+    return 0
+
+
 def _plot_name(index: int, name: str) -> str:
     stem = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in Path(str(name)).stem)
     return f"{index:06d}_{stem[:60]}.png"
@@ -348,6 +372,21 @@ def add_parsers(sub) -> None:
     p.add_argument("--num-workers", type=int, default=0)
     p.add_argument("--out", help="write the result as JSON here")
     p.set_defaults(func=cmd_compound)
+
+    p = sub.add_parser("fewshot", help="adapt an exported model to new classes from k images each")
+    p.add_argument("--model", required=True, help="model folder written by distmtl export")
+    p.add_argument("--data", required=True, help="CSV with image and a class column (compound expressions)")
+    p.add_argument("--column", help="class column (default: compound, else expression)")
+    p.add_argument("--shots", type=int, nargs="+", default=[1, 5, 10])
+    p.add_argument("--seeds", type=int, default=5, help="episodes per number of shots")
+    p.add_argument("--methods", nargs="+", metavar="METHOD",
+                   help="default all: 'zero-shot' 'linear probe' 'zero-shot head, fine-tuned' 'from scratch'")
+    p.add_argument("--scratch-steps", type=int, default=100, help="full-batch steps of the from-scratch network")
+    p.add_argument("--head-steps", type=int, default=200, help="steps of the fine-tuned zero-shot head")
+    p.add_argument("--head-l2", type=float, default=0.01, help="pull of the fine-tuned head towards its init")
+    p.add_argument("--out", default="runs/fewshot", help="folder for episodes.csv, summary.csv/.md, fewshot.png")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_fewshot)
 
     p = sub.add_parser("push", help="upload a model folder to the Hugging Face Hub with a generated model card")
     p.add_argument("--model", required=True, help="model folder written by distmtl export")
