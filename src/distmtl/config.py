@@ -61,7 +61,8 @@ DEFAULTS: dict[str, Any] = {
     "weighting": {"name": "equal", "options": {FREE: ANY},
                   "aggregator": ANY,  # name: jd only: a TorchJD aggregator (upgrad, mgda, pcgrad, ...)
                   "coupling": "task"},  # name: jd only: task (added to its task's row) | rows
-    "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "head": "linear", "hidden": 256,
+    "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "channels_last": False,
+              "compile": ANY, "head": "linear", "hidden": 256,
               "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},
     "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "schedule": "cosine",
               "warmup_steps": 50},
@@ -70,9 +71,11 @@ DEFAULTS: dict[str, Any] = {
     "train": {"max_steps": 1000, "val_every_steps": 250, "monitor": "val/score", "mode": "max",
               "until": "steps", "patience_steps": 750, "min_delta": 0.002,
               "early_stopping_patience": ANY, "checkpoint_every_steps": 500, "on_nan": "stop",
-              "dm_ramp_steps": 0, "deterministic": True,
+              "dm_ramp_steps": 0, "deterministic": ANY,  # unset: true on the CPU only
+              "loggers": ["csv", "tensorboard"],  # csv always; also wandb, mlflow when installed
               "label_share": {FREE: ANY}},  # task -> share of each batch whose labels are used
-    "trainer": {"accelerator": "cpu", "devices": 1, "num_nodes": 1, "strategy": "auto",
+    # any other Lightning Trainer argument is passed through (config_extras.check_trainer_argument)
+    "trainer": {"accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "precision": "32-true", "accumulate_grad_batches": 1, "log_every_n_steps": 10,
                 "enable_progress_bar": True, "gradient_clip_val": ANY},
     "compare": {"variants": ["single", "mtl", "coann", "dm", "coann+dm", "oracle"], "seeds": 3,
@@ -112,6 +115,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
         raw = {}
     if not isinstance(raw, dict):
         raise DistmtlError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
+    from distmtl.config_extras import paths_relative_to
+
+    paths_relative_to(raw, path.parent)  # the file's own paths; overrides stay relative to the cwd
     for item in overrides or []:
         apply_override(raw, item)
     config = resolve(raw)
@@ -322,6 +328,12 @@ def _merge(defaults: Mapping[str, Any], given: Any, prefix: str) -> dict[str, An
         if key.startswith("_"):
             out[key] = value
             continue
+        if key not in defaults and prefix == "trainer":
+            from distmtl.config_extras import check_trainer_argument
+
+            check_trainer_argument(str(key))
+            out[key] = value
+            continue
         if key not in defaults:
             raise DistmtlError(f"{path}: unknown config key{close_matches(key, defaults)}")
         default = defaults[key]
@@ -422,6 +434,15 @@ def check_values(config: Mapping[str, Any]) -> None:
     if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
         raise DistmtlError(f"trainer.devices: expected a positive number of devices (or -1 for all), "
                            f"got {devices!r}")
+    from distmtl.config_extras import logger_specs
+
+    logger_specs(config["train"]["loggers"])
+    compile_spec = config["model"]["compile"]
+    if compile_spec is not None and not isinstance(compile_spec, (bool, dict)):
+        raise DistmtlError(f"model.compile: expected true, false or a mapping of torch.compile arguments "
+                           f"(mode, backend, fullgraph, dynamic), got {compile_spec!r}")
+    if not isinstance(config["train"]["deterministic"], (bool, type(None))):
+        raise DistmtlError(f"train.deterministic: expected true or false, got {config['train']['deterministic']!r}")
     _check_sampling(config)
     _check_losses(config)
     _check_edges(config)

@@ -108,12 +108,19 @@ def _report(done: int, total: int, run: PlannedRun, started: float, how: str) ->
     print(line, flush=True)
 
 
+def starting_line(done: int, total: int, run: PlannedRun, elapsed: float) -> str:
+    """``[3/10] mtl seed 0: training; elapsed 4:12, about 9:48 left`` (left: the mean time of the
+    runs trained so far times the runs still to train, this one included)."""
+    left = f"about {_clock(elapsed / done * (total - done))} left" if done else "time left known after the first run"
+    return f"[{done + 1}/{total}] {run.name} seed {run.seed}: training; elapsed {_clock(elapsed)}, {left}"
+
+
 def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None = None) -> None:
     """Train ``runs`` (filling each one's ``metrics``), ``jobs`` at a time."""
     started = time.perf_counter()
     if jobs <= 1 or len(runs) <= 1:
         for i, run in enumerate(runs):
-            print(f"[{i + 1}/{len(runs)}] {run.name} seed {run.seed}: training", flush=True)
+            print(starting_line(i, len(runs), run, time.perf_counter() - started), flush=True)
             run.metrics = train_one(run.exp, run.run_dir, run.expected_hash, run.variant, run.seed, progress)
             _report(i + 1, len(runs), run, started, "trained")
         return

@@ -86,6 +86,30 @@ class MultiTaskModule(L.LightningModule):
     def forward(self, x):
         return self.net(x)
 
+    def on_fit_start(self) -> None:
+        """``model.channels_last`` and ``model.compile`` take effect on the training device.
+
+        The compiled network is kept outside the module's children, so checkpoints and exported
+        weights keep the plain parameter names."""
+        m = self.config["model"]
+        if m.get("channels_last"):
+            self.net.to(memory_format=torch.channels_last)
+        spec = m.get("compile")
+        if spec:
+            options = dict(spec) if isinstance(spec, Mapping) else {}
+            try:
+                object.__setattr__(self, "_compiled_net", torch.compile(self.net, **options))
+            except TypeError as exc:
+                raise DistmtlError(f"model.compile: {' '.join(str(exc).split())}") from None
+
+    def run_net(self, images: torch.Tensor, *args):
+        """The network as training runs it: channels-last input, compiled when asked for."""
+        if self.config["model"].get("channels_last"):
+            images = images.contiguous(memory_format=torch.channels_last)
+        net = self.__dict__.get("_compiled_net")
+        net = self.net if net is None else net
+        return net(images, *args)
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         """A batch of the ``device`` augmentation path (uint8 images + per-sample numbers) becomes
         model input here, on the training device, in one batched step."""
@@ -114,7 +138,7 @@ class MultiTaskModule(L.LightningModule):
         self._nonfinite = None
         targets, masks = batch["targets"], batch["masks"]
         id_targets = {t: targets[t] for t, task in self.tasks.items() if task.kind == "identity"}
-        outputs, features = self.net(batch["image"], id_targets)
+        outputs, features = self.run_net(batch["image"], id_targets)
         masks = self.label_budget(masks)
         every = {t: task_loss(task, outputs[t], targets[t], masks[t], **self.loss_options[t])
                  for t, task in self.tasks.items()}
@@ -214,7 +238,7 @@ class MultiTaskModule(L.LightningModule):
         the identity groups of the batch (``batch["groups"]``). ``batch["index"]``, the samples'
         positions in the split (the DataModule's evaluation loaders give it), orders the rows
         gathered from several processes; without it the batches are taken to come in order."""
-        outputs, features = self.net(batch["image"])
+        outputs, features = self.run_net(batch["image"])
         embeddings = None
         parts = {}
         for t, task in self.tasks.items():

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger
 
 from distmtl.config import dump_config, plateau_patience
 from distmtl.training.curves import read_log, write_training_curves
@@ -28,6 +27,7 @@ from distmtl.training.module import MultiTaskModule
 from distmtl.training.folders import (AtomicCheckpointIO, check_resume_config, choose_run_folder,  # noqa: F401
                                      is_follower_rank, merge_logs, record_resume_changes, run_lock,
                                      set_aside_log)
+from distmtl.training.trainer_setup import StepProgressBar, deterministic_flag, make_loggers, passthrough_trainer_args
 
 log = logging.getLogger(__name__)
 
@@ -121,27 +121,19 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
     elif t["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["mode"],
                                        patience=int(t["early_stopping_patience"])))
-    loggers: list = [CSVLogger(out_dir, name="logs", version="")]
-    try:
-        from lightning.pytorch.loggers import TensorBoardLogger
-        import tensorboard  # noqa: F401
-
-        loggers.append(TensorBoardLogger(out_dir, name="tb", version=""))
-    except ImportError:
-        pass
+    show = bool(tr["enable_progress_bar"] if progress is None else progress)
+    if show:
+        callbacks.append(StepProgressBar(int(t["max_steps"])))
     val_every = min(int(t["val_every_steps"]), int(t["max_steps"]))
+    options = {"enable_model_summary": False, **passthrough_trainer_args(config, {"enable_progress_bar"})}
+    if config["weighting"]["name"] == "jd":  # Jacobian descent optimises manually and clips its aggregated gradient itself
+        options["gradient_clip_val"] = None
     return L.Trainer(
-        default_root_dir=out_dir, accelerator=tr["accelerator"], devices=tr["devices"],
-        num_nodes=tr["num_nodes"], strategy=tr["strategy"], precision=tr["precision"],
-        accumulate_grad_batches=tr["accumulate_grad_batches"], max_steps=int(t["max_steps"]),
+        default_root_dir=out_dir, max_steps=int(t["max_steps"]),
         max_epochs=-1, val_check_interval=val_every, check_val_every_n_epoch=None,
-        num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=bool(t["deterministic"]),
-        # Jacobian descent optimises manually and clips its aggregated gradient itself
-        gradient_clip_val=None if config["weighting"]["name"] == "jd" else tr["gradient_clip_val"],
-        log_every_n_steps=tr["log_every_n_steps"],
-        enable_progress_bar=tr["enable_progress_bar"] if progress is None else progress,
-        enable_model_summary=False, callbacks=callbacks, logger=loggers,
-        plugins=[AtomicCheckpointIO()],
+        num_sanity_val_steps=0, use_distributed_sampler=False, deterministic=deterministic_flag(config),
+        enable_progress_bar=show, callbacks=callbacks, logger=make_loggers(config, out_dir),
+        plugins=[AtomicCheckpointIO()], **options,
     )
 
 
