@@ -90,3 +90,10 @@ def test_the_table_comes_from_the_training_source_and_is_written_into_the_run(fi
     np.testing.assert_allclose(written.prior, expected.prior, atol=1e-6)
     png = tmp_path / "run" / "relatedness_estimated_expression_au.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+
+
+def test_one_file_as_both_val_and_test_is_one_source_not_a_clash(files):
+    raw = estimated_config(files, "both")
+    raw["data"]["val"] = raw["data"]["test"] = str(files["test"])
+    exp = build_experiment(resolve(raw))
+    assert {"val", "test"} <= set(exp.eval_sources)

@@ -188,15 +188,21 @@ def source_names(config: dict) -> dict[str, str]:
     """``{config key: source name}`` of every source: training sources, then val, test, oracle.
 
     A name must be unique: a duplicate is one error naming both keys (two loaders of the same
-    dataset are both named after the loader unless given a ``name``)."""
+    dataset are both named after the loader unless given a ``name``). The one exception is the
+    same evaluation file given for two evaluation roles (``val`` and ``test``)."""
     data = config["data"]
     specs = [(f"data.sources[{i}]", s) for i, s in enumerate(data["sources"])]
     specs += [(f"data.{split}", data[split]) for split in EVAL_SPLITS if data.get(split) is not None]
     names: dict[str, str] = {}
+    given: dict[str, object] = {}
     for where, spec in specs:
         name = source_label(spec)
         first = next((w for w, n in names.items() if n == name), None)
-        if first is not None:
+        # one split file used for two evaluation roles (val and test) is one source, not a clash
+        same_eval_file = (first is not None and where.split(".")[1] in EVAL_SPLITS
+                          and first.split(".")[1] in EVAL_SPLITS and given[first] == spec)
+        given[where] = spec
+        if first is not None and not same_eval_file:
             raise DistmtlError(f"{where}: source name '{name}' is also the name of {first}; give each "
                                f"source its own 'name'")
         names[where] = name
