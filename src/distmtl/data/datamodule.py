@@ -7,6 +7,7 @@ import sys
 from collections.abc import Mapping, Sequence
 
 import lightning as L
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
@@ -58,6 +59,7 @@ class MultiSourceDataModule(L.LightningDataModule):
         # "device": workers decode and resize, the module augments the batch on the training device
         # (MultiTaskModule.on_after_batch_transfer); "workers": the fused per-image augmentation
         self.augment_on = augment_on
+        self.seed = int(seed)
         transform = DecodeResize(preprocessing) if augment_on == "device" else FusedAugment(preprocessing, augmentation)
         self.train_set = MultiSourceDataset(
             [SourceDataset(s, transform, preprocessing.channels, draft_size=preprocessing.size,
@@ -72,7 +74,11 @@ class MultiSourceDataModule(L.LightningDataModule):
             trainer = getattr(self, "trainer", None)
             pin = trainer is not None and trainer.accelerator is not None and \
                 type(trainer.accelerator).__name__ != "CPUAccelerator"
-        kwargs = {"num_workers": self.num_workers, "pin_memory": bool(pin)}
+        # each loader draws its workers' base seed from its own generator, not the global one: a
+        # resumed run re-creates the training iterator mid-epoch, and a draw from the global
+        # generator there would shift every later dropout and drop-path mask
+        generator = torch.Generator().manual_seed(self.seed)
+        kwargs = {"num_workers": self.num_workers, "pin_memory": bool(pin), "generator": generator}
         if self.num_workers > 0 and self.prefetch_factor is not None:
             kwargs["prefetch_factor"] = int(self.prefetch_factor)
         return kwargs
