@@ -320,10 +320,11 @@ def test_full_disk_while_writing_a_checkpoint(tmp_path, monkeypatch):
 
 
 def test_cli_train_on_a_rank_other_than_0_exits_cleanly(files, tmp_path, capsys, monkeypatch):
-    """train_experiment returns {} off rank 0; the CLI used to fail there with KeyError: 'checkpoint'."""
+    """Off rank 0 the CLI used to fail with KeyError: 'checkpoint' (train_experiment returned {})."""
     import distmtl.training.runner as runner
 
     monkeypatch.setattr(runner, "train_experiment", lambda *a, **k: {})
+    monkeypatch.setattr(runner, "is_main_process", lambda: False)
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump(raw_config(files)))
     code, stderr = run_cli(["train", "--config", str(path), "--out", str(tmp_path / "run")], capsys)
