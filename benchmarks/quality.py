@@ -10,7 +10,9 @@ Parts (``--parts``):
   200 co-annotated training images, or the generator's true table.
 - ``ablations``: regime (a), +both, one change each: DM direction, A->B DM form, stop-gradient,
   DM weight lambda.
-- ``weighting``: regime (a), +both, with each weighting strategy; the task weights over training.
+- ``weighting``: regime (a), +both, with each weighting strategy and each gradient aggregator of
+  ``weighting: {name: jd}`` (``AGGREGATORS_STUDIED``); the task weights over training. Time per
+  step relative to ``equal``: ``benchmarks/jd_speed.py``.
 - ``fashion``: Fashion-MNIST (configs/fashion_mnist.yaml): scarce categories (300 category-labelled
   images beside 10,000 attribute-labelled ones) and the reverse (10,000 + 300); every variant.
   Needs the data (``make fashion-mnist``).
@@ -84,6 +86,8 @@ ABLATIONS = {  # name: (label, overrides); the reference is regime (a)'s +both
 }
 REFERENCE_LABEL = "+both (kl, both ways, stop-grad, lambda 1)"
 WEIGHTINGS = ("uncertainty", "dwa", "gradnorm", "dynamic")
+# Jacobian descent (weighting.name=jd) with these aggregators, coupling terms in their task's row
+AGGREGATORS_STUDIED = ("upgrad", "mgda", "pcgrad", "cagrad", "nashmtl", "imtlg", "alignedmtl", "dualproj")
 
 
 def _read(path: Path) -> pd.DataFrame:
@@ -178,7 +182,10 @@ def plan(parts: list[str], paths: dict[str, str], quick: bool, until: str = "pla
                                for name, (label, ov) in ABLATIONS.items()]
     if "weighting" in parts:
         groups["weighting"] = [Study(f"weighting_{w}", CONFIG, ["coann+dm"], budget + [f"weighting.name={w}"], w)
-                               for w in WEIGHTINGS]
+                               for w in WEIGHTINGS] + [
+            Study(f"weighting_jd_{a}", CONFIG, ["coann+dm"],
+                  budget + ["weighting.name=jd", f"weighting.aggregator={a}"], f"jd {a}")
+            for a in AGGREGATORS_STUDIED]
     return groups
 
 

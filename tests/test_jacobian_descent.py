@@ -25,7 +25,7 @@ def _one_thread():
 def _conflicting_jacobian():
     """Per-task gradients of two losses of one shared parameter vector that pull apart."""
     w = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
-    losses = [(w * torch.tensor([-4.0, 1.0, 1.0])).sum(), (w * torch.tensor([6.0, 1.0, 1.0])).sum() + (w ** 2).sum() * 0.0]
+    losses = [(w * torch.tensor([-4.0, 1.0, 1.0])).sum(), (w * torch.tensor([6.0, 1.0, 1.0])).sum()]
     rows = [torch.autograd.grad(loss, w)[0] for loss in losses]
     return torch.stack(rows)
 
@@ -96,7 +96,8 @@ def test_training_with_an_absent_task_steps_on_the_present_rows(tmp_path, monkey
     config["data"]["sampling"] = [0.9, 0.1]  # most batches of 4 hold no AU-labelled image
     seen = []
     record = JacobianDescent.record
-    monkeypatch.setattr(JacobianDescent, "record", lambda self, rows, w: (seen.append(list(rows)), record(self, rows, w)))
+    monkeypatch.setattr(JacobianDescent, "record",
+                        lambda self, rows, w: (seen.append(list(rows)), record(self, rows, w)))
     results = train_from_config(resolve(config), tmp_path / "run", progress=False)
     assert results["steps"] == 6 and len(seen) == 6
     assert ["expression"] in seen and ["expression", "au"] in seen

@@ -1,4 +1,4 @@
-"""Subcommands for inference and export (``distmtl export``, ``distmtl predict``, ``distmtl compound``, ``distmtl push``).
+"""Subcommands for inference and export: ``distmtl export``, ``predict``, ``compound``, ``fewshot``, ``push``.
 
 ``distmtl predict`` writes a CSV or a Parquet file, chosen by the output's extension. Rows stream to
 a CSV as batches finish (each batch is written whole and flushed, so a job that dies keeps every

@@ -77,7 +77,8 @@ def estimate_from_config(config_path, source: str, *, overrides=None, tasks=None
     loaded = [read_source(s, reading, config, w) for s, w in zip(specs, wheres)]
     all_tasks = build_tasks(config, loaded)
     i = names.index(source)
-    encoded = encode_source(loaded[i], all_tasks, config, wheres[i], from_csv=isinstance(specs[i], str) or "csv" in specs[i])
+    from_csv = isinstance(specs[i], str) or "csv" in specs[i]
+    encoded = encode_source(loaded[i], all_tasks, config, wheres[i], from_csv=from_csv)
     edges = [spec["tasks"] for spec in config["relatedness"]]
     a, b = pick_tasks(all_tasks, tasks, edges, str(config_path))
     rel = estimate_from_source(source, a, b, [encoded], f"source '{source}'", alpha=alpha)
