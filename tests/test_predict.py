@@ -159,7 +159,9 @@ def test_preprocessing_is_the_training_time_eval_transform(predictor, tiny_run):
     loader = datamodule_from_experiment(build_experiment(tiny_run.config)).eval_dataloader("val")
     training = torch.cat([batch["image"] for batch in loader])
     dataset = InputDataset(gather_inputs(tiny_run.root / "img"), predictor.preprocessing)
-    ours = torch.stack([dataset[i][1] for i in range(len(dataset))])
+    # workers resize to uint8, the batch is converted and normalised at once: the same numbers
+    ours = predictor.model_batch([dataset[i][1] for i in range(len(dataset))])
+    assert dataset[0][1].dtype == torch.uint8
     assert ours.shape == training.shape == (N_IMAGES, 3, 32, 32)
     assert torch.equal(ours, training)
 

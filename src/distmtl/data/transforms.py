@@ -209,6 +209,18 @@ def eval_transform(pre: Preprocessing) -> v2.Compose:
     return v2.Compose([v2.Resize((pre.size, pre.size), interpolation=pre.mode, antialias=True), *_finish(pre)])
 
 
+def eval_resize(pre: Preprocessing) -> v2.Compose:
+    """The first half of :func:`eval_transform`, per image: resized, as a uint8 CHW tensor."""
+    return v2.Compose([v2.Resize((pre.size, pre.size), interpolation=pre.mode, antialias=True), v2.ToImage()])
+
+
+def eval_finish(pre: Preprocessing) -> v2.Compose:
+    """The second half, on a whole uint8 batch ``[B, C, H, W]``: float in [0, 1], normalised. The
+    same elementwise operations as per image, so ``eval_finish(stack(eval_resize(x)))`` equals
+    ``stack(eval_transform(x))`` exactly."""
+    return v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(pre.mean, pre.std)])
+
+
 def preprocess(image: Image.Image, pre: Preprocessing) -> torch.Tensor:
     """The eval-time preprocessing of one decoded image (used by training-time validation and predict)."""
     return eval_transform(pre)(image)

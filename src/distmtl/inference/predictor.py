@@ -61,7 +61,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from distmtl.data.transforms import Preprocessing, array_to_image, eval_transform, image_from_pil, load_image
+from distmtl.data.transforms import Preprocessing, array_to_image, eval_finish, eval_resize, image_from_pil, load_image
 from distmtl.errors import DistmtlError
 from distmtl.faces.align import FacePreprocessing, crop_mismatch
 from distmtl.faces.video import VIDEO_SUFFIXES
@@ -137,7 +137,9 @@ class InputDataset(Dataset):
 
     def __init__(self, items: Sequence[Item], pre: Preprocessing, expected: FacePreprocessing | None = None):
         self.items, self.pre, self.expected = list(items), pre, expected
-        self.transform = eval_transform(pre)  # the training-time evaluation transform
+        # the training-time evaluation transform, split: workers decode and resize to uint8, the
+        # float conversion and normalisation run once per batch (Predictor.run)
+        self.transform = eval_resize(pre)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -292,6 +294,14 @@ class Predictor:
         return cols + ["error"]
 
     # ----- running
+    def model_batch(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Decoded, resized uint8 images (and any already preprocessed float tensors) as one model
+        input batch; the uint8 ones are converted and normalised together, on the model's device."""
+        finish = eval_finish(self.preprocessing)
+        if all(t.dtype == torch.uint8 for t in tensors):
+            return finish(torch.stack(tensors).to(self.device, non_blocking=True))
+        return torch.stack([finish(t[None])[0] if t.dtype == torch.uint8 else t for t in tensors])
+
     @torch.inference_mode()
     def forward(self, batch: torch.Tensor) -> dict[str, np.ndarray]:
         """Probabilities (multiclass, multilabel) or values (regression) per task for a batch."""
@@ -330,7 +340,7 @@ class Predictor:
             notes = [note for *_, note in batch if note]
             mismatched, first = mismatched + len(notes), first or (notes[0] if notes else None)
             valid = np.array([t is not None for _, t, _, _ in batch])
-            outputs = self.forward(torch.stack([t for _, t, _, _ in batch if t is not None])) \
+            outputs = self.forward(self.model_batch([t for _, t, _, _ in batch if t is not None])) \
                 if valid.any() else {}
             yield BatchResult([items[i].name for i, *_ in batch], errors, [None] * len(batch), valid, outputs)
         if mismatched:
