@@ -32,6 +32,10 @@ CANDIDATES = {  # name: (label, overrides on the dm variant)
                                                                f"{REL}.dm_b_to_a.only_unlabelled=true"]),
     "dm_lambda_0.3": ("DM lambda 0.3", [f"{REL}.dm_a_to_b.weight=0.3", f"{REL}.dm_b_to_a.weight=0.3"]),
     "dm_late": ("DM ramped over 1,000 steps", ["train.dm_ramp_steps=1000"]),
+    "dm_a_to_b_late": ("DM A->B only, ramped over 1,000 steps", [f"{REL}.dm_b_to_a.weight=0",
+                                                                 "train.dm_ramp_steps=1000"]),
+    "dm_b_to_a_late": ("DM B->A only, ramped over 1,000 steps", [f"{REL}.dm_a_to_b.weight=0",
+                                                                 "train.dm_ramp_steps=1000"]),
 }
 
 

@@ -71,7 +71,8 @@ ALL_VARIANTS = ["single", "mtl", "coann", "dm", "coann+dm", "oracle"]
 QUICK_VARIANTS = ["single", "mtl", "coann+dm", "oracle"]
 # 300 steps: at 150 the single-seed expression comparison was noise; at 300 the quick run shows
 # the full study's shape (+both > plain MTL > single-task on both tasks)
-QUICK_BUDGET = ["data.image_size=48", "train.until=steps", "train.max_steps=300", "train.val_every_steps=150", "train.checkpoint_every_steps=300",
+QUICK_BUDGET = ["data.image_size=48", "train.until=steps",
+                "train.max_steps=300", "train.val_every_steps=150", "train.checkpoint_every_steps=300",
                 "train.dm_ramp_steps=100"]
 REL = "relatedness.0"
 ABLATIONS = {  # name: (label, overrides); the reference is regime (a)'s +both
@@ -214,13 +215,15 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
     lines = ["# Learning quality: SynthFACS, Fashion-MNIST, digits", "", f"command: `{command}`", "", machine,
              f"seeds: {', '.join(map(str, seeds))}; config: {CONFIG} (plus each study's overrides)", ""]
     reference = next((s for s in groups.get("regimes", []) if s.name == "regime_a"), Study("regime_a", CONFIG, []))
-    for study in groups.get("regimes", []) + groups.get("fashion", []) + groups.get("digits", []):
+    for study in [*groups.get("regimes", []), *groups.get("fashion", []), *groups.get("digits", [])]:
         records = study_records(out, study)
         if not records:
             continue
-        write_results(records, out / study.name, title=f"SynthFACS {study.label}")
-        heading = f"Regime {study.label}" if study.name.startswith("regime_") else study.label
-        lines += [f"## {heading}", "", f"config: {study.config}; overrides: `{' '.join(study.overrides) or '(none)'}`", "",
+        synthfacs = study.name.startswith("regime_")
+        write_results(records, out / study.name, title=f"SynthFACS {study.label}" if synthfacs else study.label)
+        heading = f"Regime {study.label}" if synthfacs else study.label
+        overrides = " ".join(study.overrides) or "(none)"
+        lines += [f"## {heading}", "", f"config: {study.config}; overrides: `{overrides}`", "",
                   summary_markdown(summarise(records)), "", f"![{study.name}]({study.name}/results.png)", ""]
     titles = {"relatedness": "Relatedness table quality, regime (a), +both",
               "ablations": "Ablations, regime (a), +both", "weighting": "Weighting strategies, regime (a), +both"}

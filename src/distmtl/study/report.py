@@ -191,8 +191,8 @@ def summarise(records: Sequence[RunRecord]) -> pd.DataFrame:
                 "steps": steps, "plateau": plateau, "at_cap": at_cap, "verdict": verdict,
             })
     frame = pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
-    for column in ("gap_closed", "gap_note", "negative_transfer", "beats_single", "seed_wins", "paired_diff", "paired_std",
-                   "steps", "plateau", "at_cap"):
+    for column in ("gap_closed", "gap_note", "negative_transfer", "beats_single", "seed_wins", "paired_diff",
+                   "paired_std", "steps", "plateau", "at_cap"):
         frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     return frame
 
