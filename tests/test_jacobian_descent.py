@@ -132,15 +132,26 @@ def test_resume_continues_the_uninterrupted_run(tmp_path, monkeypatch):
     assert any("_phi_t" in key for rows in state["instances"].values() for key in rows)  # GradVac's state
 
 
-def test_bf16_autocast_trains(tmp_path):
+def test_mixed_precision_trains(tmp_path):
     from distmtl.config import resolve
-    from distmtl.training.runner import train_from_config
+    from distmtl.training.runner import load_module, module_from_experiment, train_from_config
+    from distmtl.training.experiment import build_experiment
 
     config = _config(tmp_path, aggregator="mgda")
-    config["trainer"]["precision"] = "bf16-mixed"
+    config["trainer"]["precision"] = "bf16-mixed"  # (on the CPU Lightning runs 16-mixed as bf16-mixed)
+    config["trainer"]["gradient_clip_val"] = 1.0
     config["train"]["max_steps"] = 3
-    results = train_from_config(resolve(config), tmp_path / "run", progress=False)
+    resolved = resolve(config)
+    torch.manual_seed(int(resolved["seed"]))
+    results = train_from_config(resolved, tmp_path / "run", progress=False)
     assert results["steps"] == 3 and results["nan_skipped"] == 0
+    trained = load_module(tmp_path / "run" / "checkpoints" / "last.ckpt").state_dict()
+    import lightning as L
+
+    L.seed_everything(int(resolved["seed"]), verbose=False)  # the run's initial weights
+    initial = module_from_experiment(build_experiment(resolved)).state_dict()
+    weight = "net.backbone.conv1.0.weight"
+    assert torch.isfinite(trained[weight]).all() and not torch.equal(trained[weight], initial[weight])
 
 
 def test_dry_run_names_a_bad_aggregator(tmp_path, capsys):
@@ -197,3 +208,45 @@ def test_ddp_every_rank_aggregates_the_averaged_jacobian(tmp_path):
     torch.testing.assert_close(r0["head"], torch.tensor([1.0, 2.0]))  # rank 0 contributed zeros
     assert r0["present"].tolist() == [1.0, 1.0] == r1["present"].tolist()
 
+
+
+def _one_step(scale: float | None, tmp_path) -> dict:
+    """One jacobian_step of a real module on a real batch, the Trainer replaced by what the step uses;
+    with ``scale``, a GradScaler that unscales, checks and steps as Lightning's AMP plugin does."""
+    from types import SimpleNamespace
+
+    from distmtl.config import resolve
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.jacobian import jacobian_step
+    from distmtl.training.runner import datamodule_from_experiment, module_from_experiment
+
+    config = resolve(_config(tmp_path, aggregator="upgrad"))
+    torch.manual_seed(0)
+    exp = build_experiment(config)
+    module = module_from_experiment(exp)
+    batch = next(iter(datamodule_from_experiment(exp).train_dataloader()))
+    optimizer = torch.optim.SGD(module.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu", init_scale=scale) if scale else None
+
+    def step():
+        if scaler is None:
+            return optimizer.step()
+        scaler.unscale_(optimizer)
+        scaler.step(optimizer)
+        scaler.update()
+
+    module._trainer = SimpleNamespace(precision_plugin=SimpleNamespace(scaler=scaler), world_size=1, global_step=0)
+    module.optimizers = lambda: SimpleNamespace(zero_grad=optimizer.zero_grad, step=step)
+    module.lr_schedulers = lambda: None
+    module.log = module.log_dict = lambda *a, **k: None
+    before = {k: v.clone() for k, v in module.state_dict().items() if isinstance(v, torch.Tensor)}
+    jacobian_step(module, batch)
+    return {k: module.state_dict()[k] - v for k, v in before.items() if v.is_floating_point()}
+
+
+def test_loss_scale_goes_in_and_comes_out(tmp_path):
+    plain = _one_step(None, tmp_path / "a")
+    scaled = _one_step(2.0 ** 12, tmp_path / "b")  # 16-mixed's scaler path (Lightning's CPU runs bf16)
+    assert any(d.abs().max() > 0 for d in plain.values())
+    for name, delta in plain.items():
+        torch.testing.assert_close(scaled[name], delta, rtol=1e-4, atol=1e-6, msg=name)

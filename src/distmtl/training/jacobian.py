@@ -94,9 +94,9 @@ def average_over_processes(module, shared, heads) -> None:
         offset += n
 
 
-def _loss_scale(module) -> float:
-    scaler = getattr(module.trainer.precision_plugin, "scaler", None)
-    return float(scaler.get_scale()) if scaler is not None else 1.0
+def _scaler(module):
+    """The AMP plugin's GradScaler (``16-mixed``), or None."""
+    return getattr(module.trainer.precision_plugin, "scaler", None)
 
 
 def jacobian_step(module, batch) -> None:
@@ -135,9 +135,11 @@ def jacobian_step(module, batch) -> None:
     shared = [p for p in module.net.backbone.parameters() if p.requires_grad]
     shared_ids = {id(p) for p in shared}
     heads = [p for p in module.net.heads.parameters() if p.requires_grad and id(p) not in shared_ids]
-    scale = _loss_scale(module)
+    scaler = _scaler(module)
     names = list(rows)
-    values = [rows[n] * scale if scale != 1.0 else rows[n] for n in names]
+    # GradScaler.scale (not a bare product): it also sets up the scaler state its unscale_ needs
+    values = [scaler.scale(rows[n]) if scaler is not None else rows[n] for n in names]
+    scale = float(scaler.get_scale()) if scaler is not None else 1.0
     # rows share parts of the graph (a coupling term reads the logits of two heads): keep it for each
     # under autocast the vmapped backward of reduced-precision ops fails: one row at a time there
     chunk = 1 if features.dtype in (torch.float16, torch.bfloat16) else None
