@@ -33,7 +33,7 @@ def _source_paths(spec: Any, base: Path) -> Any:
     if isinstance(spec, str):
         return _absolute(spec, base)
     if isinstance(spec, dict):
-        return {k: _absolute(v, base) if k in ("csv", "root") else v for k, v in spec.items()}
+        return {k: _absolute(v, base) if k in ("csv", "root", "shards") else v for k, v in spec.items()}
     return spec
 
 
@@ -44,7 +44,7 @@ def _looks_like_file(table: str) -> bool:
 def paths_relative_to(raw: dict, base: Path) -> dict:
     """Make the paths a config file gives absolute, relative to the file's folder ``base``.
 
-    ``data.sources[].csv`` / ``root``, ``data.val`` / ``test`` / ``oracle``, a relatedness table that
+    ``data.sources[].csv`` / ``root`` / ``shards``, ``data.val`` / ``test`` / ``oracle``, a relatedness table that
     is a file (``*.csv``) and its ``root``, ``model.weights`` and ``output.dir``. Loader ``options``
     are passed to the loader as given. Overrides applied afterwards stay relative to the current
     directory."""
