@@ -54,6 +54,12 @@ def test_slurm_variables_give_lightning_the_ranks(monkeypatch, tmp_path):
            "SLURM_NODELIST": "node1", "SLURM_JOB_NUM_NODES": "1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    # a Trainer on rank 1 sets Lightning's global rank-zero flags: restore them afterwards
+    from lightning.fabric.utilities import rank_zero as fabric_rank_zero
+    from lightning.pytorch.utilities import rank_zero as pl_rank_zero
+
+    for holder in {fabric_rank_zero.rank_zero_only, pl_rank_zero.rank_zero_only}:
+        monkeypatch.setattr(holder, "rank", getattr(holder, "rank", 0), raising=False)
     raw = {"tasks": {"t": {"kind": "multiclass", "labels": ["a", "b"]}}, "data": {"sources": ["x.csv"]},
            "trainer": on_cpu(doc_config()), "train": {"loggers": ["csv"]}}
     trainer = make_trainer(resolve(raw), tmp_path, progress=False)
