@@ -127,12 +127,13 @@ def measure(size: int, n: int, repeats: int, work: Path) -> dict[str, float]:
         "previous": MultiSourceDataset([SourceDataset(source_of(paths), previous_chain(pre, FLAGSHIP), 3)]),
         "workers": MultiSourceDataset([SourceDataset(source_of(paths), FusedAugment(pre, FLAGSHIP), 3, size)]),
         "device": MultiSourceDataset([SourceDataset(source_of(paths), DecodeResize(pre), 3, size, as_tensor=True)]),
-        "workers/shards": MultiSourceDataset([SourceDataset(source_of(paths, shards), FusedAugment(pre, FLAGSHIP), 3, size)]),
+        "workers/shards": MultiSourceDataset([SourceDataset(source_of(paths, shards), FusedAugment(pre, FLAGSHIP), 3,
+                                                            size)]),
         "device/shards": MultiSourceDataset([SourceDataset(source_of(paths, shards), DecodeResize(pre), 3, size,
                                                            as_tensor=True)]),
     }
     results: dict[str, list[float]] = {k: [] for k in [*paths_for, "decode", "batched"]}
-    for name, ds in paths_for.items():  # warm: page cache, shard reader opened
+    for ds in paths_for.values():  # warm: page cache, shard reader opened
         rate(ds, min(n, BATCH))
     for r in range(repeats):
         for name, ds in paths_for.items():

@@ -184,8 +184,8 @@ class FusedAugment:
             array = np.asarray(image)
             # OpenCV's pixel centres sit on integers: shift both sides by half a pixel
             matrix = np.array([[a, b, c + (a + b) / 2 - 0.5], [d, e, f + (d + e) / 2 - 0.5]])
-            array = self.cv2.warpAffine(array, matrix, (s, s), flags=(self.cv2.INTER_CUBIC if bicubic else self.cv2.INTER_LINEAR)
-                                        | self.cv2.WARP_INVERSE_MAP,
+            interpolation = self.cv2.INTER_CUBIC if bicubic else self.cv2.INTER_LINEAR
+            array = self.cv2.warpAffine(array, matrix, (s, s), flags=interpolation | self.cv2.WARP_INVERSE_MAP,
                                         borderMode=self.cv2.BORDER_CONSTANT, borderValue=0)
         else:
             array = np.asarray(image.transform((s, s), Image.AFFINE, (a, b, c, d, e, f),
