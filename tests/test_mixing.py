@@ -108,3 +108,18 @@ def test_threaded_image_check_finds_every_bad_row(tmp_path):
     empty = [i for i in range(5000) if i % 1231 == 0 and i % 997 != 0]
     assert problems == sorted([(i, "image file not found") for i in missing]
                               + [(i, "empty image file (0 bytes)") for i in empty])
+
+
+def test_dry_run_prints_the_mix_table(files, tmp_path, capsys):
+    import yaml
+
+    from distmtl.cli import main
+
+    raw = raw_config(files, max_steps=30)
+    raw["data"]["max_repeats"] = 50
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", "--config", str(cfg), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "training mix: 30 batches of 16" in out
+    assert any(line.split()[:2] == ["expr", "24"] and line.split()[-1] == "50" for line in out.splitlines())
