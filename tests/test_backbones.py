@@ -152,3 +152,22 @@ def test_dry_run_checks_the_weights_file(tmp_path):
     with pytest.raises(DistmtlError, match=r"model.weights: .*missing.safetensors: file not found"):
         check_model_and_weighting(cfg)
     assert Path(cfg["model"]["weights"]).name == "missing.safetensors"
+
+
+def test_an_exported_hub_backbone_rebuilds_without_the_hub(hub_cache, tmp_path, monkeypatch):
+    import huggingface_hub.constants as constants
+
+    from distmtl.inference.export import build_net
+    from distmtl.models import hub_architecture
+
+    arch = hub_architecture(f"hf-hub:{HUB_ID}")
+    assert arch["name"] == "test_resnet" and "num_classes" not in arch["args"]
+    trained = MultiTaskNet(TASKS, backbone=f"hf-hub:{HUB_ID}", pretrained=True)
+    config = {"model": {"backbone": f"hf-hub:{HUB_ID}", "in_chans": 3, "head": "linear", "hidden": 8,
+                        "drop_rate": 0.0, "backbone_kwargs": {}, "timm_model": arch},
+              "tasks": {"t": {"kind": "multiclass", "labels": ["a", "b"]}}}
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))  # the Hub is out of reach
+    rebuilt = build_net(config)
+    rebuilt.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 3, 40, 40)
+    torch.testing.assert_close(rebuilt.eval()(x)[0]["t"], trained.eval()(x)[0]["t"])

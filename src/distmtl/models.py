@@ -64,6 +64,25 @@ def backbone_pretrained_cfg(name: str) -> dict:
     return cfg.to_dict() if cfg is not None else {}
 
 
+def hub_architecture(name: str) -> dict | None:
+    """``{"name", "args"}``: the timm architecture and constructor arguments an ``hf-hub:`` /
+    ``local-dir:`` backbone stands for (from its ``config.json``), so that an exported model can be
+    rebuilt without the Hub. None for a plain timm name."""
+    if not name.startswith(HUB_PREFIXES):
+        return None
+    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+
+    try:
+        if name.startswith("hf-hub:"):
+            _, arch, args = load_model_config_from_hf(name[len("hf-hub:"):])
+        else:
+            _, arch, args = load_model_config_from_path(name[len("local-dir:"):])
+    except Exception as exc:  # noqa: BLE001 - network, cache and file errors alike
+        raise _hub_error(name, exc) from None
+    args = {k: v for k, v in dict(args or {}).items() if k not in ("num_classes", "in_chans", "pretrained_cfg")}
+    return {"name": arch, "args": args}
+
+
 def backbone_data_config(name: str) -> dict:
     """``{image_size, mean, std, interpolation}`` the backbone's pretrained weights expect
     (:func:`timm.data.resolve_data_config` of its pretrained config); empty when it has none."""

@@ -8,7 +8,8 @@ A model folder holds
 
   ``format`` (``"distmtl-model"``), ``format_version``, ``distmtl_version`` (and the torch/timm
   versions that exported it), ``name`` (the experiment), ``model`` (``backbone``, ``in_chans``,
-  ``head``, ``hidden``, ``drop_rate``, ``backbone_kwargs``), ``tasks`` (``{name: {kind, labels,
+  ``head``, ``hidden``, ``drop_rate``, ``backbone_kwargs``, and for an ``hf-hub:`` backbone ``timm_model``: the
+  architecture and arguments it stands for, so the model rebuilds without the Hub), ``tasks`` (``{name: {kind, labels,
   range?, options?}}`` in output order; the label order is the column order of every output),
   ``preprocessing`` (``size``, ``channels``, ``mean``, ``std``, ``interpolation``: resize to size x size with
   antialiasing, scale to [0, 1], normalise, as in training-time evaluation), ``faces`` (the face
@@ -54,7 +55,7 @@ from distmtl.data.transforms import Preprocessing
 from distmtl.errors import DistmtlError
 from distmtl.faces.align import PREPARED_FACES_NAME, FacePreprocessing
 from distmtl.io import atomic_write, atomic_write_text
-from distmtl.models import MultiTaskNet
+from distmtl.models import MultiTaskNet, hub_architecture
 from distmtl.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -114,10 +115,13 @@ def preprocessing_from_model_config(config: Mapping[str, Any]) -> Preprocessing:
 def build_net(config: Mapping[str, Any], tasks: Mapping[str, Task] | None = None) -> MultiTaskNet:
     """The (randomly initialised) network a model config describes; never downloads weights."""
     m = config["model"]
-    return MultiTaskNet(tasks or tasks_from_config(config), backbone=m["backbone"],
+    backbone, kwargs = m["backbone"], dict(m.get("backbone_kwargs") or {})
+    if m.get("timm_model"):  # a Hub backbone: its architecture was recorded at export
+        backbone, kwargs = m["timm_model"]["name"], {**m["timm_model"].get("args", {}), **kwargs}
+    return MultiTaskNet(tasks or tasks_from_config(config), backbone=backbone,
                         in_chans=int(m["in_chans"]), pretrained=False, head=m["head"],
                         hidden=int(m["hidden"]), drop_rate=float(m["drop_rate"]),
-                        backbone_kwargs=m.get("backbone_kwargs") or {})
+                        backbone_kwargs=kwargs)
 
 
 def load_weights(net: nn.Module, model_dir: str | Path, expected_sha256: str | None = None) -> None:
@@ -210,7 +214,8 @@ def model_config(module, thresholds: Mapping[str, Mapping[str, float]] | None = 
         "name": config.get("name"),
         "model": {"backbone": m["backbone"], "in_chans": int(config["data"]["channels"]),
                   "head": m["head"], "hidden": int(m["hidden"]), "drop_rate": float(m["drop_rate"]),
-                  "backbone_kwargs": dict(m.get("backbone_kwargs") or {})},
+                  "backbone_kwargs": dict(m.get("backbone_kwargs") or {}),
+                  **({"timm_model": arch} if (arch := hub_architecture(m["backbone"])) else {})},
         "tasks": {name: task.to_dict() for name, task in tasks.items()},
         "preprocessing": pre.to_dict(),
         "faces": training_faces(config).to_dict(),
