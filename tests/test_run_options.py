@@ -157,3 +157,16 @@ def test_compare_start_line_shows_elapsed_and_an_estimate_of_what_is_left():
     assert starting_line(2, 10, run, 120.0) == "[3/10] mtl seed 0: training; elapsed 2:00, about 8:00 left"
     assert starting_line(0, 10, run, 0.0) == \
         "[1/10] mtl seed 0: training; elapsed 0:00, time left known after the first run"
+
+
+@pytest.mark.parametrize("name", ["wandb", "mlflow"])
+def test_an_optional_logger_that_is_not_installed_is_one_line(name):
+    import importlib.util
+
+    from distmtl.config_extras import logger_specs
+
+    if importlib.util.find_spec(name) is not None:
+        assert [n for n, _ in logger_specs([{"name": name, "project": "x"}])] == ["csv", name]
+    else:
+        with pytest.raises(DistmtlError, match=rf"train.loggers\[0\]: {name} is not installed \(pip install {name}\)"):
+            _resolve(train={"loggers": [name]})
