@@ -2,8 +2,11 @@
 
 A study is one config plus overrides and a list of variants. Each (study, seed) is one
 ``distmtl compare --seeds 1`` subprocess writing to ``<out>/<study>/seed<k>``; several run at
-once (``jobs``), each on one intra-op thread. Finished runs are recognised by compare's run hash,
-so an interrupted benchmark re-run continues where it stopped.
+once (``jobs``), each with ``cores // jobs`` intra-op threads, the share ``distmtl compare
+--jobs`` gives each of its runs (``distmtl.study.parallel.threads_per_job``). Parallelism here is
+across studies and seeds; within one study, ``compare --jobs`` does the same for its variants.
+Finished runs are recognised by compare's run hash, so an interrupted benchmark re-run continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from distmtl.study.parallel import threads_per_job
 from distmtl.study.report import RunRecord, read_runs  # noqa: F401  (RunRecord: part of this module's API)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,8 +55,8 @@ def run_jobs(studies: list[Study], out: Path, seeds: list[int], jobs: int, extra
     """Run every (study, seed); returns one line per failed job (its log's last line)."""
     plan = [(s, seed) for s in studies for seed in seeds]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    if jobs > 1:
-        env.setdefault("OMP_NUM_THREADS", "1")
+    if jobs > 1:  # the same share of the cores as distmtl compare --jobs gives each run
+        env.setdefault("OMP_NUM_THREADS", str(threads_per_job(jobs, os.cpu_count() or 1)))
     failures: list[str] = []
     started = time.perf_counter()
     done = 0

@@ -132,3 +132,10 @@ def test_calibrated_f1_equals_scikit_learn_at_the_validation_thresholds(files, t
         pred = torch.sigmoid(test[0][keep, j]).numpy() > thresholds[j]
         per_label.append(f1_score(test[1][keep, j].numpy(), pred, zero_division=0))
     assert metrics["test"]["au"]["mean_f1_calibrated"] == pytest.approx(float(np.mean(per_label)), abs=1e-6)
+
+
+def test_each_parallel_run_gets_an_equal_share_of_the_cores():
+    from distmtl.study.parallel import threads_per_job
+
+    assert threads_per_job(2, cores=16) == 8 and threads_per_job(3, cores=16) == 5
+    assert threads_per_job(4, cores=2) == 1 and threads_per_job(1, cores=2) == 2

@@ -83,6 +83,13 @@ def train_one(exp: Experiment, run_dir: Path, expected_hash: str, variant: str, 
     return metrics
 
 
+def threads_per_job(jobs: int, cores: int | None = None) -> int:
+    """Intra-op threads for each of ``jobs`` trainings sharing ``cores`` (default: this process's
+    torch thread count): an equal share, at least one. benchmarks/harness.py uses it too."""
+    cores = torch.get_num_threads() if cores is None else int(cores)
+    return max(1, cores // max(1, int(jobs)))
+
+
 def _start_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -124,7 +131,7 @@ def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None =
             run.metrics = train_one(run.exp, run.run_dir, run.expected_hash, run.variant, run.seed, progress)
             _report(i + 1, len(runs), run, started, "trained")
         return
-    threads = max(1, torch.get_num_threads() // jobs)
+    threads = threads_per_job(jobs)
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
                              initargs=(threads,)) as pool:
