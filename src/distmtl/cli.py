@@ -51,6 +51,10 @@ def cmd_train(args) -> int:
                 print(f"\n{split} metrics (best checkpoint):")
                 print(format_metrics_table(results[split], exp.tasks))
         print(f"\ncheckpoint: {results['checkpoint']}")
+        if results.get("stopped") in ("plateau", "cap"):
+            print(f"trained {results['steps']} steps, best at step {results.get('best_step')}: "
+                  + ("reached its plateau" if results["stopped"] == "plateau"
+                     else "stopped at the cap train.max_steps before a plateau (raise it)"))
     return 0
 
 
