@@ -196,3 +196,24 @@ def test_interrupted_re_export_leaves_the_previous_folder_whole(checkpoint, tmp_
     assert (out / "model.safetensors").read_bytes() != before["model.safetensors"]
     config = json.loads((out / "config.json").read_text())
     assert config["weights"]["sha256"] == export.file_sha256(out / "model.safetensors")
+
+
+def test_cli_train_twice_with_one_name_writes_a_new_folder(files, tmp_path, capsys, monkeypatch):
+    import distmtl.training.runner as runner
+    from test_bad_inputs_2 import run_cli
+
+    used = []
+
+    def record(exp, out, **kwargs):
+        used.append(Path(out))
+        dump_config(exp.config, Path(out) / "config.yaml")
+        return {"checkpoint": str(Path(out) / "checkpoints" / "best.ckpt")}
+
+    monkeypatch.setattr(runner, "train_experiment", record)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(small(files)))
+    out = tmp_path / "runs" / "toy"
+    for extra in ([], [], ["--overwrite"]):
+        code, stderr = run_cli(["train", "--config", str(path), "--out", str(out), *extra], capsys)
+        assert code == 0, stderr
+    assert used == [out, tmp_path / "runs" / "toy-v2", out]

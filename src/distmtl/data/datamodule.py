@@ -127,8 +127,12 @@ class MultiSourceDataModule(L.LightningDataModule):
         trainer = getattr(self, "trainer", None)
         if trainer is not None:
             consumed = int(trainer.global_step) * int(trainer.accumulate_grad_batches)
-            state["epoch"] = int(trainer.current_epoch)
-            state["start_batch"] = max(0, consumed - state["epoch"] * len(self.sampler)) % max(1, len(self.sampler))
+            # a checkpoint after an epoch's last batch is saved before the loop moves to the next
+            # epoch: it resumes at the next epoch's first batch (not at the finished epoch's first)
+            per_epoch = max(1, len(self.sampler))
+            done = max(0, consumed - int(trainer.current_epoch) * per_epoch)
+            state["epoch"] = int(trainer.current_epoch) + done // per_epoch
+            state["start_batch"] = done % per_epoch
         return {"sampler": state}
 
     def load_state_dict(self, state: dict) -> None:
