@@ -69,7 +69,7 @@ DEFAULTS: dict[str, Any] = {
     # until: steps (train max_steps, the equal-budget mode) | plateau (stop when the monitored
     # validation score has not improved by min_delta for patience_steps; max_steps is the cap)
     "train": {"max_steps": 1000, "val_every_steps": 250, "monitor": "val/score", "mode": "max",
-              "until": "steps", "patience_steps": 750, "min_delta": 0.002,
+              "until": "steps", "patience_steps": 750, "min_delta": 0.002, "min_steps": 0,
               "early_stopping_patience": ANY, "checkpoint_every_steps": 500, "on_nan": "stop",
               "dm_ramp_steps": 0, "deterministic": ANY,  # unset: true on the CPU only
               "loggers": ["csv", "tensorboard"],  # csv always; also wandb, mlflow when installed
@@ -391,7 +391,7 @@ POSITIVE_INTS = ("data.image_size", "data.batch_size", "data.eval_batch_size", "
                  "trainer.accumulate_grad_batches", "trainer.log_every_n_steps", "train.patience_steps")
 NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps", "optim.weight_decay",
                 "train.early_stopping_patience", "data.augment.rotation", "data.augment.color_jitter",
-                "train.min_delta")
+                "train.min_delta", "train.min_steps")
 CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"), "train.until": ("steps", "plateau"),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
            "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),

@@ -32,6 +32,22 @@ from distmtl.training.trainer_setup import StepProgressBar, deterministic_flag, 
 log = logging.getLogger(__name__)
 
 
+class PlateauStopping(EarlyStopping):
+    """EarlyStopping that declares no plateau before ``min_steps``: validations before it are not
+    counted (a run whose score sits at chance for its first few hundred steps is not "converged").
+    Lightning's own ``Trainer(min_steps)`` only delays a stop already decided, which then happens at
+    ``min_steps`` even if the score has started to rise."""
+
+    def __init__(self, min_steps: int, **kwargs):
+        super().__init__(**kwargs)
+        self.min_steps = int(min_steps)
+
+    def _run_early_stopping_check(self, trainer) -> None:
+        if trainer.global_step < self.min_steps:
+            return
+        super()._run_early_stopping_check(trainer)
+
+
 def module_from_experiment(exp: Experiment) -> MultiTaskModule:
     edges = [{"task_a": e.task_a, "task_b": e.task_b, "classes": list(e.relatedness.classes),
               "labels": list(e.relatedness.labels), "matrix": e.relatedness.matrix.tolist(),
@@ -116,8 +132,9 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
                         every_n_train_steps=int(t["checkpoint_every_steps"]), enable_version_counter=False),
     ]
     if t["until"] == "plateau":
-        callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["mode"], patience=plateau_patience(t),
-                                       min_delta=float(t["min_delta"]), check_finite=False))
+        callbacks.append(PlateauStopping(int(t["min_steps"] or 0), monitor=t["monitor"], mode=t["mode"],
+                                         patience=plateau_patience(t), min_delta=float(t["min_delta"]),
+                                         check_finite=False))
     elif t["early_stopping_patience"]:
         callbacks.append(EarlyStopping(monitor=t["monitor"], mode=t["mode"],
                                        patience=int(t["early_stopping_patience"])))
