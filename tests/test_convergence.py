@@ -39,6 +39,15 @@ def test_plateau_stops_when_the_score_stops_improving(files, tmp_path):
     assert (log["val/score"][log["step"] + 1 > metrics["best_step"]] < best + 0.001).all()
 
 
+def test_no_plateau_is_declared_before_min_steps(files, tmp_path):
+    raw = raw_config(files, max_steps=400, val_every_steps=4, until="plateau", patience_steps=8,
+                     min_delta=0.001, min_steps=20)
+    raw["optim"] = {"lr": 1e-12, "warmup_steps": 0}
+    metrics = train_experiment(build_experiment(resolve(raw)), tmp_path, progress=False)
+    # checks from step 20 on: the first sets the best, two more without improvement stop the run
+    assert metrics["stopped"] == "plateau" and metrics["steps"] >= 28 and metrics["steps"] < 100
+
+
 def test_plateau_mode_reports_the_cap_when_the_score_keeps_improving(files, tmp_path):
     raw = raw_config(files, max_steps=8, val_every_steps=4, until="plateau", patience_steps=400)
     metrics = train_experiment(build_experiment(resolve(raw)), tmp_path, progress=False)
