@@ -217,3 +217,17 @@ def test_cli_train_twice_with_one_name_writes_a_new_folder(files, tmp_path, caps
         code, stderr = run_cli(["train", "--config", str(path), "--out", str(out), *extra], capsys)
         assert code == 0, stderr
     assert used == [out, tmp_path / "runs" / "toy-v2", out]
+
+
+def test_a_rank_uses_only_its_own_launchers_folder_choice(tmp_path, monkeypatch):
+    """A stale choice (left by an earlier in-process run, inherited through torchrun) is ignored."""
+    import os
+
+    from distmtl.training.folders import RUN_DIR_ENV, choose_run_folder
+
+    out = tmp_path / "run"
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv(RUN_DIR_ENV, f"{os.getppid() + 12345}:{tmp_path / 'other-run'}")
+    assert choose_run_folder(out, resume=True) == out
+    monkeypatch.setenv(RUN_DIR_ENV, f"{os.getppid()}:{tmp_path / 'chosen-v2'}")
+    assert choose_run_folder(out, resume=True) == tmp_path / "chosen-v2"

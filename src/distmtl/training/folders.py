@@ -119,8 +119,9 @@ def choose_run_folder(out: str | Path, *, resume: bool = False, overwrite: bool 
     run (never mixing two runs in one folder); ``overwrite`` empties ``out`` instead, ``resume``
     continues the run in ``out``. Ranks started by the launching process use its choice."""
     out = Path(out)
-    if os.environ.get(RUN_DIR_ENV) and is_follower_rank():
-        return Path(os.environ[RUN_DIR_ENV])
+    inherited = launcher_choice()
+    if inherited is not None and is_follower_rank():
+        return inherited
     if resume or not holds_run(out):
         chosen = out
     elif overwrite:
@@ -136,8 +137,21 @@ def choose_run_folder(out: str | Path, *, resume: bool = False, overwrite: bool 
             n += 1
         chosen = out.with_name(f"{out.name}-v{n}")
         log.warning("%s holds an earlier run; this run writes to %s (--overwrite replaces it)", out, chosen)
-    os.environ[RUN_DIR_ENV] = str(chosen)
+    os.environ[RUN_DIR_ENV] = f"{os.getpid()}:{chosen}"
     return chosen
+
+
+def launcher_choice() -> Path | None:
+    """The folder chosen by this process's parent, when the parent is the launching process.
+
+    The choice is stamped with the launcher's pid: a process started by anything else (torchrun, a
+    cluster, a test runner that trained in-process earlier) inherits the variable but not the
+    choice, and must not write into another run's folder."""
+    value = os.environ.get(RUN_DIR_ENV, "")
+    pid, sep, folder = value.partition(":")
+    if not sep or not pid.isdigit() or int(pid) != os.getppid():
+        return None
+    return Path(folder)
 
 
 RUN_OUTPUTS = ("config.yaml", "metrics.json", "curves.png", "checkpoints", "logs", "tb")
