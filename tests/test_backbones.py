@@ -78,7 +78,8 @@ def test_a_pickled_object_is_refused_not_unpickled(tmp_path):
 
 def test_data_config_comes_from_the_pretrained_backbone_unless_set():
     cfg = _config({"backbone": "resnet18.a1_in1k", "pretrained": True})
-    expected = timm.data.resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg("resnet18.a1_in1k").to_dict())
+    timm_cfg = timm.models.get_pretrained_cfg("resnet18.a1_in1k").to_dict()
+    expected = timm.data.resolve_data_config(pretrained_cfg=timm_cfg)
     assert cfg["data"]["image_size"] == expected["input_size"][1] == 224
     assert cfg["data"]["mean"] == pytest.approx(list(expected["mean"]))
     assert cfg["data"]["std"] == pytest.approx(list(expected["std"]))
@@ -138,8 +139,8 @@ def test_hf_hub_backbone_from_the_local_cache_offline(hub_cache):
 
 
 def test_hf_hub_backbone_missing_from_the_cache_offline_is_one_line(hub_cache):
-    with pytest.raises(DistmtlError, match=r"model.backbone: cannot load 'hf-hub:distmtl-test/absent': not in the local Hugging Face "
-                                         r"cache .* and HF_HUB_OFFLINE is set"):
+    with pytest.raises(DistmtlError, match=r"model.backbone: cannot load 'hf-hub:distmtl-test/absent': not in "
+                                         r"the local Hugging Face cache .* and HF_HUB_OFFLINE is set"):
         _config({"backbone": "hf-hub:distmtl-test/absent", "pretrained": True})
     with pytest.raises(DistmtlError, match=r"model.backbone: cannot load 'hf-hub:distmtl-test/absent'"):
         MultiTaskNet(TASKS, backbone="hf-hub:distmtl-test/absent", pretrained=True)

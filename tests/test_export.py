@@ -15,17 +15,12 @@ from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
 from test_predict import shared_tiny_run  # tests/ is on sys.path under pytest's default import mode
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory):
     return shared_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _run_cli(*argv) -> int:

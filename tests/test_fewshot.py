@@ -11,12 +11,7 @@ from distmtl.errors import DistmtlError
 from test_predict import COMPOUND_CLASSES, shared_tiny_run  # tests/ is on sys.path under pytest
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -14,12 +14,7 @@ from distmtl.weighting import WEIGHTINGS, create_weighting
 from toydata import raw_config, write_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _conflicting_jacobian():

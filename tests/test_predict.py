@@ -24,6 +24,9 @@ from distmtl.tasks import AUS_17, BASIC_EXPRESSIONS
 N_IMAGES = 40
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
 def _train_tiny(root: Path) -> SimpleNamespace:
     from distmtl.config import resolve
     from distmtl.training.experiment import build_experiment
@@ -80,15 +83,6 @@ def shared_tiny_run(tmp_path_factory) -> SimpleNamespace:
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> SimpleNamespace:
     return shared_tiny_run(tmp_path_factory)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared machine: more threads only add contention."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from distmtl.cli import main
@@ -15,12 +14,7 @@ from test_predict import shared_tiny_run  # tests/ is on sys.path under pytest's
 from toydata import AUS, CLASSES, raw_config, write_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -69,7 +69,7 @@ def test_gap_closed_is_na_with_reason_when_oracle_is_within_the_spread():
     row = _row(summary, "mtl")
     assert row["gap_closed"] is None and "not above single-task by more than the spread" in row["gap_note"]
     assert "gap closed n/a" in row["verdict"]
-    line = next(l for l in format_table(summary).splitlines() if "plain MTL" in l)
+    line = next(row for row in format_table(summary).splitlines() if "plain MTL" in row)
     assert " n/a " in line and "2.000" not in format_table(summary)
     # below single-task (lower is better here): n/a as well
     worse = summarise(_records({"single": [0.3], "mtl": [0.35], "oracle": [0.4]}, metric="mse"))

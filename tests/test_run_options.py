@@ -84,7 +84,8 @@ def test_trainer_typo_suggests_close_arguments():
 
 
 def test_loggers_are_checked():
-    with pytest.raises(DistmtlError, match=r"train.loggers\[1\]: unknown logger 'tensorbord' \(did you mean: tensorboard"):
+    with pytest.raises(DistmtlError,
+                       match=r"train.loggers\[1\]: unknown logger 'tensorbord' \(did you mean: tensorboard"):
         _resolve(train={"loggers": ["csv", "tensorbord"]})
     from distmtl.config_extras import LOGGERS, logger_specs
 
@@ -126,6 +127,7 @@ def test_a_run_with_channels_last_tensorboard_and_a_passed_through_flag(files, t
     assert (tmp_path / "run" / "logs" / "metrics.csv").exists()
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
     state = torch.load(results["checkpoint"], weights_only=True)["state_dict"]
+    assert state and not any("_orig_mod" in k for k in state)  # channels_last keeps plain names
     shown = capsys.readouterr()
     text = shown.out + shown.err
     assert "steps" in text and "4/4" in text and "elapsed" in text and "left" in text, text

@@ -191,7 +191,8 @@ def push_model(model_dir: str | Path, repo_id: str, *, revision: str | None = No
         if revision is not None:
             api.create_branch(repo_id, branch=revision, exist_ok=True)
         info = api.create_commit(repo_id, operations=operations, revision=revision,
-                                 commit_message=commit_message or f"Upload {config.get('name') or 'model'} with distmtl")
+                                 commit_message=(commit_message
+                                                 or f"Upload {config.get('name') or 'model'} with distmtl"))
     except HfHubHTTPError as exc:
         raise DistmtlError(f"push to {repo_id}: {' '.join(str(exc).split())[:200]}") from None
     return {"url": getattr(info, "commit_url", None) or str(info), "card": card, "files": files + [CARD_NAME],

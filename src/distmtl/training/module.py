@@ -55,7 +55,8 @@ class MultiTaskModule(L.LightningModule):
         self.tasks = {name: Task.from_dict(name, spec) for name, spec in tasks.items()}
         m = config["model"]
         self.net = MultiTaskNet(self.tasks, backbone=m["backbone"], in_chans=config["data"]["channels"],
-                                pretrained=bool(m["pretrained"]) and download_pretrained, head=m["head"], hidden=m["hidden"],
+                                pretrained=bool(m["pretrained"]) and download_pretrained, head=m["head"],
+                                hidden=m["hidden"],
                                 drop_rate=m["drop_rate"], backbone_kwargs=m.get("backbone_kwargs"),
                                 weights=m.get("weights") if download_pretrained else None)
         self.loss_options = {t: loss_options(task, config["losses"].get(t)) for t, task in self.tasks.items()}

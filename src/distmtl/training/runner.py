@@ -143,7 +143,8 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
         callbacks.append(StepProgressBar(int(t["max_steps"])))
     val_every = min(int(t["val_every_steps"]), int(t["max_steps"]))
     options = {"enable_model_summary": False, **passthrough_trainer_args(config, {"enable_progress_bar"})}
-    if config["weighting"]["name"] == "jd":  # Jacobian descent optimises manually and clips its aggregated gradient itself
+    # Jacobian descent optimises manually and clips its aggregated gradient itself
+    if config["weighting"]["name"] == "jd":
         options["gradient_clip_val"] = None
     return L.Trainer(
         default_root_dir=out_dir, max_steps=int(t["max_steps"]),

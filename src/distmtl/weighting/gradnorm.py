@@ -33,9 +33,9 @@ class GradNormWeighting(SelfOptimizingWeighting):
     are computed over the tasks present, the weights of the absent tasks are left as they are,
     and the present ones are renormalised to the share of ``T`` the absent ones leave;
     ``L_i(0)`` is the first loss of task ``i`` in a batch that has it; a batch with a single
-    task present, or with a non-finite loss, leaves the weights unchanged. Steps whose shared parameters do not require grad
-    (e.g. a frozen backbone) leave the weights unchanged. Options: ``alpha`` (default 1.5),
-    ``lr`` (default 0.025).
+    task present, or with a non-finite loss, leaves the weights unchanged. Steps whose shared
+    parameters do not require grad (e.g. a frozen backbone) leave the weights unchanged.
+    Options: ``alpha`` (default 1.5), ``lr`` (default 0.025).
     """
 
     name: ClassVar[str] = "gradnorm"
