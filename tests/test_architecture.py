@@ -16,7 +16,7 @@ LAYERS = {
     "errors": 0, "io": 0,
     "tasks": 1, "weighting": 1,
     "losses": 2, "relatedness": 2, "models": 2,
-    "evaluation": 3, "data": 3, "config": 3, "config_extras": 3, "faces": 3,
+    "evaluation": 3, "data": 3, "config": 3, "faces": 3,
     "training": 4,
     "study": 5, "inference": 5,
     "cli": 6,

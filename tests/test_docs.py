@@ -53,7 +53,7 @@ def test_every_config_key_is_documented():
 def test_config_doc_has_no_stale_keys():
     known = set(all_config_keys())
     stale = sorted(documented_keys() - known)
-    assert not stale, f"docs/config.md documents key(s) that config.py's defaults do not have: {stale}"
+    assert not stale, f"docs/config.md documents key(s) that distmtl.config.DEFAULTS does not have: {stale}"
 
 
 def test_only_a_first_column_key_counts_as_documented():

@@ -87,7 +87,7 @@ def test_loggers_are_checked():
     with pytest.raises(DistmtlError,
                        match=r"train.loggers\[1\]: unknown logger 'tensorbord' \(did you mean: tensorboard"):
         _resolve(train={"loggers": ["csv", "tensorbord"]})
-    from distmtl.config_extras import LOGGERS, logger_specs
+    from distmtl.config.environment import LOGGERS, logger_specs
 
     assert [n for n, _ in logger_specs(["tensorboard"])] == ["csv", "tensorboard"]  # csv always
     assert set(LOGGERS) == {"csv", "tensorboard", "wandb", "mlflow"}
@@ -165,7 +165,7 @@ def test_compare_start_line_shows_elapsed_and_an_estimate_of_what_is_left():
 def test_an_optional_logger_that_is_not_installed_is_one_line(name):
     import importlib.util
 
-    from distmtl.config_extras import logger_specs
+    from distmtl.config.environment import logger_specs
 
     if importlib.util.find_spec(name) is not None:
         assert [n for n, _ in logger_specs([{"name": name, "project": "x"}])] == ["csv", name]

@@ -10,7 +10,7 @@ from typing import Any
 import torch
 from lightning.pytorch.callbacks import TQDMProgressBar
 
-from distmtl.config_extras import logger_specs
+from distmtl.config.environment import logger_specs
 
 
 def uses_accelerator(accelerator: Any) -> bool:

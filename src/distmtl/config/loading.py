@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from distmtl.config.checks import check_values
 from distmtl.errors import DistmtlError, close_matches
 
 ANY = object()  # a default that accepts any value
@@ -74,7 +75,7 @@ DEFAULTS: dict[str, Any] = {
               "dm_ramp_steps": 0, "deterministic": ANY,  # unset: true on the CPU only
               "loggers": ["csv", "tensorboard"],  # csv always; also wandb, mlflow when installed
               "label_share": {FREE: ANY}},  # task -> share of each batch whose labels are used
-    # any other Lightning Trainer argument is passed through (config_extras.check_trainer_argument)
+    # any other Lightning Trainer argument is passed through (environment.check_trainer_argument)
     "trainer": {"accelerator": "auto", "devices": 1, "num_nodes": 1, "strategy": "auto",
                 "precision": "32-true", "accumulate_grad_batches": 1, "log_every_n_steps": 10,
                 "enable_progress_bar": True, "gradient_clip_val": ANY},
@@ -115,7 +116,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> dict[st
         raw = {}
     if not isinstance(raw, dict):
         raise DistmtlError(f"{path}: the config must be a mapping of keys, got {type(raw).__name__}")
-    from distmtl.config_extras import paths_relative_to
+    from distmtl.config.environment import paths_relative_to
 
     paths_relative_to(raw, path.parent)  # the file's own paths; overrides stay relative to the cwd
     for item in overrides or []:
@@ -329,7 +330,7 @@ def _merge(defaults: Mapping[str, Any], given: Any, prefix: str) -> dict[str, An
             out[key] = value
             continue
         if key not in defaults and prefix == "trainer":
-            from distmtl.config_extras import check_trainer_argument
+            from distmtl.config.environment import check_trainer_argument
 
             check_trainer_argument(str(key))
             out[key] = value
@@ -380,131 +381,3 @@ def dump_config(config: Mapping[str, Any], path: str | Path) -> None:
 
     clean = {k: v for k, v in config.items() if not k.startswith("_")}
     atomic_write_text(path, yaml.safe_dump(clean, sort_keys=False))
-
-
-# ----------------------------------------------------------------------------- values
-# The types above let through values no run can use (batch_size: 0, lr: -0.01, on_nan: stpo);
-# these are refused here, so --dry-run and every command that reads a config refuse them too.
-
-POSITIVE_INTS = ("data.image_size", "data.batch_size", "data.eval_batch_size", "train.max_steps",
-                 "train.val_every_steps", "train.checkpoint_every_steps", "trainer.num_nodes",
-                 "trainer.accumulate_grad_batches", "trainer.log_every_n_steps", "train.patience_steps")
-NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps", "optim.weight_decay",
-                "train.early_stopping_patience", "data.augment.rotation", "data.augment.color_jitter",
-                "train.min_delta", "train.min_steps")
-CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"), "train.until": ("steps", "plateau"),
-           "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
-           "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),
-           "data.channels": (1, 3), "weighting.coupling": ("task", "rows")}
-SAMPLING_MODES = ("equal", "proportional", "sqrt")
-
-
-def _at(config: Mapping[str, Any], dotted: str) -> Any:
-    node: Any = config
-    for part in dotted.split("."):
-        node = node.get(part) if isinstance(node, Mapping) else None
-    return node
-
-
-def _is_number(value: Any) -> bool:
-    import math
-
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def check_values(config: Mapping[str, Any]) -> None:
-    """One line naming the key and value for every value outside what the run accepts."""
-    for key in POSITIVE_INTS:
-        value = _at(config, key)
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise DistmtlError(f"{key}: expected a positive integer, got {value!r}")
-    for key in NON_NEGATIVE:
-        value = _at(config, key)
-        if value is not None and (not _is_number(value) or value < 0):
-            raise DistmtlError(f"{key}: expected a number >= 0, got {value!r}")
-    for key, allowed in CHOICES.items():
-        value = _at(config, key)
-        if value is not None and value not in allowed:
-            raise DistmtlError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}"
-                               f"{close_matches(str(value), map(str, allowed))}")
-    lr = _at(config, "optim.lr")
-    if not _is_number(lr) or lr <= 0:
-        raise DistmtlError(f"optim.lr: expected a number > 0, got {lr!r}")
-    devices = _at(config, "trainer.devices")
-    if isinstance(devices, int) and not isinstance(devices, bool) and (devices == 0 or devices < -1):
-        raise DistmtlError(f"trainer.devices: expected a positive number of devices (or -1 for all), "
-                           f"got {devices!r}")
-    from distmtl.config_extras import logger_specs
-
-    logger_specs(config["train"]["loggers"])
-    compile_spec = config["model"]["compile"]
-    if compile_spec is not None and not isinstance(compile_spec, (bool, dict)):
-        raise DistmtlError(f"model.compile: expected true, false or a mapping of torch.compile arguments "
-                           f"(mode, backend, fullgraph, dynamic), got {compile_spec!r}")
-    if not isinstance(config["train"]["deterministic"], (bool, type(None))):
-        raise DistmtlError(f"train.deterministic: expected true or false, got {config['train']['deterministic']!r}")
-    _check_sampling(config)
-    _check_losses(config)
-    _check_edges(config)
-    _check_label_share(config)
-
-
-def _check_label_share(config: Mapping[str, Any]) -> None:
-    tasks = config["tasks"]
-    for name, share in (config["train"]["label_share"] or {}).items():
-        where = f"train.label_share.{name}"
-        if name not in tasks:
-            raise DistmtlError(f"{where}: unknown task '{name}'{close_matches(str(name), tasks)}; "
-                               f"tasks: {', '.join(map(str, tasks))}")
-        if not _is_number(share) or not 0 < share <= 1:
-            raise DistmtlError(f"{where}: expected a share of the batch in (0, 1], got {share!r}")
-
-
-def _check_sampling(config: Mapping[str, Any]) -> None:
-    sampling, n = config["data"]["sampling"], len(config["data"]["sources"])
-    if sampling is None or sampling in SAMPLING_MODES:
-        return
-    if isinstance(sampling, list):
-        if len(sampling) != n:
-            raise DistmtlError(f"data.sampling: {len(sampling)} weights for {n} sources "
-                               f"(one weight per entry of data.sources)")
-        if not all(_is_number(w) and w >= 0 for w in sampling) or not sum(sampling) > 0:
-            raise DistmtlError(f"data.sampling: weights must be numbers >= 0, not all 0, got {sampling!r}")
-        return
-    raise DistmtlError(f"data.sampling: expected one of {', '.join(SAMPLING_MODES)} or a list of "
-                       f"weights (one per source), got {sampling!r}{close_matches(str(sampling), SAMPLING_MODES)}")
-
-
-def _check_losses(config: Mapping[str, Any]) -> None:
-    from distmtl.losses.task_losses import TASK_LOSS_OPTIONS
-
-    tasks = config["tasks"]
-    for name, options in (config["losses"] or {}).items():
-        where = f"losses.{name}"
-        if name not in tasks:
-            raise DistmtlError(f"{where}: unknown task '{name}'{close_matches(str(name), tasks)}; "
-                               f"tasks: {', '.join(map(str, tasks))}")
-        if options is None:
-            continue
-        if not isinstance(options, Mapping):
-            raise DistmtlError(f"{where}: expected a mapping of loss options, got {options!r}")
-        spec = tasks[name]
-        kind = spec.get("kind") if isinstance(spec, Mapping) else None
-        allowed = TASK_LOSS_OPTIONS.get(kind)
-        if allowed is None:
-            continue  # the task itself is refused, with its own message, when it is built
-        for key in options:
-            if key not in allowed:
-                raise DistmtlError(f"{where}.{key}: unknown loss option for a {kind} task"
-                                   f"{close_matches(str(key), allowed)}; expected one of {', '.join(allowed)}")
-        smoothing = options.get("label_smoothing")
-        if smoothing is not None and (not _is_number(smoothing) or not 0 <= smoothing < 1):
-            raise DistmtlError(f"{where}.label_smoothing: expected a number in [0, 1), got {smoothing!r}")
-
-
-def _check_edges(config: Mapping[str, Any]) -> None:
-    from distmtl.losses.graph import EdgeConfig
-
-    for i, edge in enumerate(config["relatedness"]):
-        spec = {k: edge[k] for k in ("coannotation", "dm_a_to_b", "dm_b_to_a", "eps")}
-        EdgeConfig.from_dict(spec, f"relatedness[{i}]")

@@ -1,5 +1,5 @@
 """Parts of config handling that look outside the YAML: file-relative paths, Lightning's Trainer
-arguments, the loggers. Kept apart from ``config.py`` (same layer) so that each stays small."""
+arguments, the loggers. Kept apart from ``loading.py`` (same package) so that each stays small."""
 
 from __future__ import annotations
 
