@@ -78,9 +78,15 @@ def test_report_flags_a_variant_stopped_at_the_cap():
 
 
 @pytest.mark.slow
-def test_compare_jobs_2_equals_jobs_1_and_draws_every_variant_curve(files, tmp_path):
+def test_compare_jobs_2_equals_jobs_1_and_draws_every_variant_curve(files, tmp_path, monkeypatch):
+    import distmtl.study.compare as compare
+
+    captured = []
+    original = compare.plot_variant_curves
+    monkeypatch.setattr(compare, "plot_variant_curves",
+                        lambda runs, *a, **k: captured.append(runs) or original(runs, *a, **k))
     config = resolve(raw_config(files, max_steps=6, val_every_steps=3, until="plateau", patience_steps=3))
-    variants = ["mtl", "coann+dm"]
+    variants = ["single", "coann+dm"]
     one = run_compare(config, tmp_path / "one", seeds=1, variants=variants, progress=False, jobs=1)
     two = run_compare(config, tmp_path / "two", seeds=1, variants=variants, progress=False, jobs=2)
     a, b = (pd.read_csv(tmp_path / d / "runs.csv") for d in ("one", "two"))
@@ -88,8 +94,10 @@ def test_compare_jobs_2_equals_jobs_1_and_draws_every_variant_curve(files, tmp_p
     pd.testing.assert_frame_equal(a, b)  # every metric of every run, exactly
     assert set(a["metric"]) >= {"macro_f1", "mean_f1", "mean_ap", "mean_auc", "mean_f1_calibrated"}
     assert (tmp_path / "two" / "validation_curves.png").stat().st_size > 0
+    drawn = captured[-1]  # every run's curve reaches the figure, both single-task ones included
+    assert sorted(name for _, _, name in drawn) == ["coann+dm", "single/au", "single/expression"]
     assert "validation_curves" in two["paths"] and list(one["summary"]["mean"]) == list(two["summary"]["mean"])
-    run = json.loads((tmp_path / "two" / "runs" / "mtl" / "seed0" / "metrics.json").read_text())
+    run = json.loads((tmp_path / "two" / "runs" / "coann+dm" / "seed0" / "metrics.json").read_text())
     assert run["stopped"] in ("plateau", "cap") and run["steps"] <= 6
 
 

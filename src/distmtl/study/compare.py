@@ -121,7 +121,7 @@ def _run_compare(config: dict, out_dir: Path, *, n_seeds: int, variants: list[st
     paths = write_results(records, out_dir, title=f"distmtl compare: {config['name']}",
                           extra_lines=[f"seeds: {n_seeds} (from {config['seed']}), budget: {budget}, "
                                        f"backbone: {config['model']['backbone']}"])
-    curves = plot_variant_curves({(r.variant, r.seed): (r.run_dir, r.reported) for r in runs},
+    curves = plot_variant_curves({(r.variant, r.seed, r.name): (r.run_dir, r.reported) for r in runs},
                                  out_dir / "validation_curves.png",
                                  title=f"{config['name']}: validation score over training")
     if curves is not None:

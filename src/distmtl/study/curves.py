@@ -34,11 +34,10 @@ def validation_series(run_dir: Path, task: str) -> pd.Series | None:
     return pd.Series(rows[column].to_numpy(float), index=rows["step"].to_numpy(int) + 1, name=column)
 
 
-def plot_variant_curves(runs: Mapping[tuple[str, int], tuple[Path, list[str]]], path: str | Path,
+def plot_variant_curves(runs: Mapping[tuple, tuple[Path, list[str]]], path: str | Path,
                         title: str | None = None) -> Path | None:
-    """``runs``: (variant, seed) -> (run folder, tasks it reports); a single-task variant may map
-    several folders, one per task, under keys (variant, seed) of its own runs. None when no run
-    has a validation log."""
+    """``runs``: (variant, seed, run name) -> (run folder, tasks it reports); the single-task
+    variant has one run per task and seed. None when no run has a validation log."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,7 +45,7 @@ def plot_variant_curves(runs: Mapping[tuple[str, int], tuple[Path, list[str]]], 
 
     per_task: dict[str, dict[str, list[pd.Series]]] = {}
     metric_of: dict[str, str] = {}
-    for (variant, _seed), (run_dir, tasks) in runs.items():
+    for (variant, *_), (run_dir, tasks) in runs.items():
         for task in tasks:
             series = validation_series(run_dir, task)
             if series is None:
@@ -55,7 +54,7 @@ def plot_variant_curves(runs: Mapping[tuple[str, int], tuple[Path, list[str]]], 
             per_task.setdefault(task, {}).setdefault(variant, []).append(series)
     if not per_task:
         return None
-    variants = variant_order(v for (v, _s) in runs)
+    variants = variant_order(key[0] for key in runs)
     colours = {v: f"C{i % 10}" for i, v in enumerate(variants)}
     fig, axes = plt.subplots(1, len(per_task), figsize=(4.8 * len(per_task), 3.6), squeeze=False)
     for ax, (task, by_variant) in zip(axes[0], per_task.items()):
