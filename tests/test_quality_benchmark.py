@@ -49,3 +49,14 @@ def test_a_tiny_digits_study_runs_through_the_harness_to_a_report(tmp_path):
     text = path.read_text()
     assert "## digits, scarce digits (100 + 1,100)" in text and "| variant | steps | plateau |" in text
     assert (tmp_path / study.name / "results.md").exists()
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").exists(),
+                    reason="Fashion-MNIST not installed (make fashion-mnist)")
+def test_fashion_regimes_resolve_to_scarce_and_plentiful_sources():
+    expected = {"fashion_scarce_categories": [300, 10000], "fashion_scarce_attributes": [10000, 300]}
+    for study in quality.plan(["fashion"], {}, quick=False)["fashion"]:
+        exp = build_experiment(load_config(ROOT / study.config, study.overrides + ["data.cache_images=false"]),
+                               with_oracle=True)
+        assert [len(s) for s in exp.train_sources] == expected[study.name] and len(exp.oracle) == 10300
+        assert exp.config["train"]["until"] == "plateau"
