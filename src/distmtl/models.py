@@ -50,18 +50,21 @@ def backbone_pretrained_cfg(name: str) -> dict:
     ``local-dir:PATH``. Empty when timm has none."""
     check_backbone(name)
     if name.startswith(HUB_PREFIXES):
-        from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
-
-        try:
-            if name.startswith("hf-hub:"):
-                cfg, _, _ = load_model_config_from_hf(name[len("hf-hub:"):])
-            else:
-                cfg, _, _ = load_model_config_from_path(name[len("local-dir:"):])
-        except Exception as exc:  # noqa: BLE001 - network, cache and file errors alike
-            raise _hub_error(name, exc) from None
-        return dict(cfg)
+        return dict(_hub_model_config(name)[0])
     cfg = timm.models.get_pretrained_cfg(name, allow_unregistered=True)
     return cfg.to_dict() if cfg is not None else {}
+
+
+def _hub_model_config(name: str) -> tuple:
+    """timm's ``(pretrained_cfg, architecture, model_args)`` of an ``hf-hub:`` / ``local-dir:`` name."""
+    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
+
+    try:
+        if name.startswith("hf-hub:"):
+            return load_model_config_from_hf(name[len("hf-hub:"):])
+        return load_model_config_from_path(name[len("local-dir:"):])
+    except Exception as exc:  # noqa: BLE001 - network, cache and file errors alike
+        raise _hub_error(name, exc) from None
 
 
 def hub_architecture(name: str) -> dict | None:
@@ -70,15 +73,7 @@ def hub_architecture(name: str) -> dict | None:
     rebuilt without the Hub. None for a plain timm name."""
     if not name.startswith(HUB_PREFIXES):
         return None
-    from timm.models._hub import load_model_config_from_hf, load_model_config_from_path
-
-    try:
-        if name.startswith("hf-hub:"):
-            _, arch, args = load_model_config_from_hf(name[len("hf-hub:"):])
-        else:
-            _, arch, args = load_model_config_from_path(name[len("local-dir:"):])
-    except Exception as exc:  # noqa: BLE001 - network, cache and file errors alike
-        raise _hub_error(name, exc) from None
+    _, arch, args = _hub_model_config(name)
     args = {k: v for k, v in dict(args or {}).items() if k not in ("num_classes", "in_chans", "pretrained_cfg")}
     return {"name": arch, "args": args}
 
