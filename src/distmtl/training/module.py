@@ -82,6 +82,7 @@ class MultiTaskModule(L.LightningModule):
                                              for t, task in self.tasks.items()})
         self._eval_seen = 0
         self.last_eval_samples = 0
+        self._device_augment = None
 
     # ----- training -----
     def forward(self, x):
@@ -116,11 +117,14 @@ class MultiTaskModule(L.LightningModule):
         model input here, on the training device, in one batched step."""
         if isinstance(batch, dict) and "aug" in batch:
             from distmtl.data.augment import augment_batch
-            from distmtl.training.experiment import augmentation_from_config, preprocessing_from_config
 
+            if self._device_augment is None:  # read from the config once, not every batch
+                from distmtl.training.experiment import augmentation_from_config, preprocessing_from_config
+
+                self._device_augment = (augmentation_from_config(self.config),
+                                        preprocessing_from_config(self.config))
             params = batch.pop("aug")
-            batch["image"] = augment_batch(batch["image"], params, augmentation_from_config(self.config),
-                                           preprocessing_from_config(self.config))
+            batch["image"] = augment_batch(batch["image"], params, *self._device_augment)
         return batch
 
     def dm_scale(self) -> float:
