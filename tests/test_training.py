@@ -104,13 +104,13 @@ def test_two_process_ddp_on_cpu_trains_and_checkpoint_loads(files, tmp_path):
 
 
 def test_learned_coactivation_is_mean_label_probability_per_predicted_class():
-    from distmtl.training.runner import learned_coactivation
+    from distmtl.relatedness.estimate import coactivation
 
     logits_a = torch.tensor([[2.0, 0.0], [3.0, 1.0], [0.0, 1.0]])  # predicted: 0, 0, 1
     logits_b = torch.tensor([[0.0, 100.0], [0.0, -100.0], [100.0, 0.0]])
-    means, counts = learned_coactivation(logits_a, logits_b)
+    means, counts = coactivation(logits_a, torch.sigmoid(logits_b))  # what training writes
     assert counts.tolist() == [2.0, 1.0]
-    torch.testing.assert_close(means, torch.tensor([[0.5, 0.5], [1.0, 0.5]]))
+    torch.testing.assert_close(torch.as_tensor(means), torch.tensor([[0.5, 0.5], [1.0, 0.5]], dtype=torch.float64))
 
 
 def test_training_writes_coactivation_beside_prior(trained):

@@ -328,17 +328,9 @@ def write_estimated_tables(exp: Experiment, out_dir: Path) -> list[Path]:
     return written
 
 
-def learned_coactivation(logits_a: torch.Tensor, logits_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean predicted label probability per predicted class ([K, J]) and how often each class is predicted."""
-    predicted = logits_a.argmax(1)
-    onehot = torch.nn.functional.one_hot(predicted, logits_a.shape[1]).float()
-    counts = onehot.sum(0)
-    means = onehot.T @ torch.sigmoid(logits_b) / counts.clamp(min=1)[:, None]
-    return means, counts
-
-
 def write_coactivation(exp: Experiment, outputs: dict, out_dir: Path) -> None:
     """Draw what the trained model learned (co-activation on the test split) beside the prior table."""
+    from distmtl.relatedness.estimate import coactivation
     from distmtl.relatedness.table import Relatedness
 
     for edge in exp.edges:
@@ -346,12 +338,11 @@ def write_coactivation(exp: Experiment, outputs: dict, out_dir: Path) -> None:
             continue
         if len(edge.relatedness.classes) > MAX_COACTIVATION_CLASSES:  # e.g. thousands of identities
             continue
-        means, counts = learned_coactivation(outputs[edge.task_a][0], outputs[edge.task_b][0])
-        learned = Relatedness(means.clamp(0, 1).double().numpy(), edge.relatedness.classes,
-                              edge.relatedness.labels, name="learned")
+        means, counts = coactivation(outputs[edge.task_a][0], torch.sigmoid(outputs[edge.task_b][0].float()))
+        learned = Relatedness(means, edge.relatedness.classes, edge.relatedness.labels, name="learned")
         stem = out_dir / f"coactivation_{edge.task_a}_{edge.task_b}"
         learned.to_csv(stem.with_suffix(".csv"))
-        never = [c for c, n in zip(learned.classes, counts.tolist()) if n == 0]
+        never = [c for c, n in zip(learned.classes, counts) if n == 0]
         note = f" (never predicted: {', '.join(never)})" if never else ""
         learned.plot(stem.with_suffix(".png"), other=edge.relatedness,
                      title=f"learned: mean p({edge.task_b} | predicted {edge.task_a}), test split{note}",
