@@ -231,3 +231,16 @@ def test_a_rank_uses_only_its_own_launchers_folder_choice(tmp_path, monkeypatch)
     assert choose_run_folder(out, resume=True) == out
     monkeypatch.setenv(RUN_DIR_ENV, f"{os.getppid()}:{tmp_path / 'chosen-v2'}")
     assert choose_run_folder(out, resume=True) == tmp_path / "chosen-v2"
+
+
+@pytest.mark.parametrize("variable", ["LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"])
+def test_a_non_zero_rank_from_any_launcher_is_a_follower(monkeypatch, variable):
+    """Under SLURM's srun the ranks are in SLURM_PROCID alone: a rank that took itself for rank 0
+    would write config.yaml and find the run folder's lock held by rank 0."""
+    from distmtl.training.folders import RANK_VARIABLES, is_follower_rank
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert not is_follower_rank()
+    monkeypatch.setenv(variable, "1")
+    assert is_follower_rank()

@@ -30,9 +30,13 @@ RUN_DIR_ENV = "DISTMTL_RUN_DIR"  # the folder the launching process chose, for t
 ALWAYS_ALLOWED = ("trainer.enable_progress_bar", "output.dir")
 
 
+# where launchers put a process's rank: Lightning and torchrun, a node's rank, SLURM's srun, LSF's jsrun
+RANK_VARIABLES = ("LOCAL_RANK", "RANK", "NODE_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK")
+
+
 def is_follower_rank() -> bool:
     """A process that Lightning (or a cluster launcher) started for a rank other than 0."""
-    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "RANK", "NODE_RANK"))
+    return any(os.environ.get(k, "0") not in ("", "0") for k in RANK_VARIABLES)
 
 
 # ----------------------------------------------------------------------------- lock
