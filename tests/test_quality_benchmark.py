@@ -23,10 +23,14 @@ def test_plateau_mode_is_the_default_and_every_regime_is_planned():
     assert {"regime_a", "regime_b", "regime_c", "fashion_scarce_categories", "fashion_scarce_attributes",
             "digits_scarce_digits", "digits_scarce_attributes"} <= names
     regime_a = groups["regimes"][0]
-    assert "train.until=plateau" in regime_a.overrides and "data.image_size=48" in regime_a.overrides
+    config = load_config(ROOT / regime_a.config, regime_a.overrides)
+    assert config["train"]["until"] == "plateau" and config["data"]["image_size"] == 32
     steps = quality.plan(["relatedness"], {"estimated": "e.csv", "true": "t.csv"}, quick=False,
                          until="steps")["relatedness"][0]
     assert "train.until=steps" in steps.overrides and "train.max_steps=450" in steps.overrides
+    paths = {f"{k}_{r}": "x.csv" for k in ("expr", "au", "oracle") for r in "bc"}
+    for regime in quality.plan(["regimes"], paths, quick=False, until="steps")["regimes"]:
+        assert "train.max_steps=450" in regime.overrides, regime.name  # (b) and (c) too, not only (a)
 
 
 def test_digits_regimes_resolve_to_disjoint_sources_and_their_oracle():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -195,6 +197,10 @@ def make_head(kind: str, in_features: int, out_features: int, hidden: int, drop:
     raise DistmtlError(f"model.head: unknown head '{kind}'{close_matches(kind, ['linear', 'mlp'])}")
 
 
+def _call_with(module: nn.Module, params: Mapping[str, torch.Tensor], *args):
+    return torch.func.functional_call(module, dict(params), args)
+
+
 class MultiTaskNet(nn.Module):
     def __init__(self, tasks: Mapping[str, Task], backbone: str = "test_resnet", in_chans: int = 3,
                  pretrained: bool = False, head: str = "linear", hidden: int = 256,
@@ -216,16 +222,28 @@ class MultiTaskNet(nn.Module):
     def forward(self, x: torch.Tensor, identity_targets: Mapping[str, torch.Tensor] | None = None):
         """Returns ``(outputs, features)``: raw outputs per task (logits / regression values)."""
         features = self.backbone(x)
+        return self.apply_heads(features, identity_targets), features
+
+    def apply_heads(self, features: torch.Tensor, identity_targets: Mapping[str, torch.Tensor] | None = None,
+                    detach_heads: bool = False) -> dict[str, torch.Tensor]:
+        """Every task's output from the shared features. ``detach_heads``: the heads' parameters
+        are used detached, so a loss on these outputs trains the backbone and leaves the heads
+        alone (``train.shield_heads``)."""
         outputs = {}
         for name, head in self.heads.items():
+            if detach_heads:
+                params = {k: v.detach() for k, v in head.named_parameters()}
+                run = functools.partial(_call_with, head, params)
+            else:
+                run = head
             if isinstance(head, ArcMarginHead):
-                outputs[name] = head(features, (identity_targets or {}).get(name))
+                outputs[name] = run(features, (identity_targets or {}).get(name))
             elif self.tasks[name].kind == "regression":
                 low, high = self.tasks[name].value_range
-                outputs[name] = low + (high - low) * (torch.tanh(head(features)) + 1) / 2
+                outputs[name] = low + (high - low) * (torch.tanh(run(features)) + 1) / 2
             else:
-                outputs[name] = head(features)
-        return outputs, features
+                outputs[name] = run(features)
+        return outputs
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """L2-normalised shared features: the face embedding of an identity task."""

@@ -115,7 +115,7 @@ def jacobian_step(module, batch) -> None:
     losses = {t: task_loss(module.tasks[t], outputs[t], targets[t], masks[t], **module.loss_options[t])
               for t in labelled}
     module._check_finite(losses, "task loss")
-    terms = module.graph(outputs, targets, masks, dm_scale=module.dm_scale()) if len(module.graph.edges) else {}
+    terms = module.coupling_terms(outputs, features, targets, masks, id_targets)
     module._check_finite(terms, "coupling term")
     nonzero = None
     if weighting.coupling == "rows" and terms:

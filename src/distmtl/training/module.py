@@ -152,7 +152,7 @@ class MultiTaskModule(L.LightningModule):
         # the weighting), it keeps every parameter in the graph, as data-parallel training expects
         absent_zeros = [v for t, v in every.items() if t not in losses]
         self._check_finite(losses, "task loss")
-        terms = self.graph(outputs, targets, masks, dm_scale=self.dm_scale()) if len(self.graph.edges) else {}
+        terms = self.coupling_terms(outputs, features, targets, masks, id_targets)
         self._check_finite(terms, "coupling term")
         logged = {f"loss/{t}": v.detach() for t, v in losses.items()}
         logged.update({f"term/{k}": v.detach() for k, v in terms.items()})
@@ -170,6 +170,26 @@ class MultiTaskModule(L.LightningModule):
         for value in [*absent_zeros, *terms.values()]:
             total = total + value
         return total, logged
+
+    def coupling_terms(self, outputs, features, targets, masks, id_targets) -> dict[str, torch.Tensor]:
+        """The relatedness graph's terms. With ``train.shield_heads`` they are computed on outputs
+        of detached heads: pseudo-labels and matched targets train the shared backbone, and each
+        task's head learns from its own labels only."""
+        if not len(self.graph.edges):
+            return {}
+        if self.config["train"].get("shield_heads"):
+            outputs = self.net.apply_heads(features, id_targets, detach_heads=True)
+        terms = self.graph(outputs, targets, masks, dm_scale=self.dm_scale())
+        scale = self.coupling_scale()
+        return terms if scale == 1.0 else {k: scale * v for k, v in terms.items()}
+
+    def coupling_scale(self) -> float:
+        """``train.coupling_schedule``: ``constant`` (1) or ``anneal``, every coupling term scaled by
+        ``(1 + cos(pi * step / max_steps)) / 2``, so the last steps train on labels alone."""
+        if self.config["train"].get("coupling_schedule", "constant") != "anneal":
+            return 1.0
+        progress = min(1.0, self.global_step / max(1, int(self.config["train"]["max_steps"])))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def label_budget(self, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``train.label_share``: keep task ``t``'s labels on ``round(share_t * batch)`` samples.
