@@ -63,7 +63,8 @@ def test_shielded_terms_have_the_same_values():
     for shield in (False, True):
         m = module(shield)
         outputs, features = m.net(b["image"])
-        values.append({k: float(v.detach()) for k, v in m.coupling_terms(outputs, features, b["targets"], b["masks"], {}).items()})
+        terms = m.coupling_terms(outputs, features, b["targets"], b["masks"], {})
+        values.append({k: float(v.detach()) for k, v in terms.items()})
     assert values[0] == pytest.approx(values[1], rel=1e-6)
 
 
@@ -85,7 +86,8 @@ def annealed(step: int, schedule: str = "anneal") -> dict[str, float]:
     b = batch()
     with mock.patch.object(MultiTaskModule, "global_step", new_callable=mock.PropertyMock, return_value=step):
         outputs, features = m.net(b["image"])
-        return {k: float(v.detach()) for k, v in m.coupling_terms(outputs, features, b["targets"], b["masks"], {}).items()}
+        terms = m.coupling_terms(outputs, features, b["targets"], b["masks"], {})
+        return {k: float(v.detach()) for k, v in terms.items()}
 
 
 def test_annealed_coupling_falls_from_full_weight_to_zero():

@@ -72,7 +72,8 @@ DEFAULTS: dict[str, Any] = {
     "train": {"max_steps": 1000, "val_every_steps": 250, "monitor": "val/score", "mode": "max",
               "until": "steps", "patience_steps": 750, "min_delta": 0.002, "min_steps": 0,
               "early_stopping_patience": ANY, "checkpoint_every_steps": 500, "on_nan": "stop",
-              "dm_ramp_steps": 0, "shield_heads": False, "coupling_schedule": "constant", "deterministic": ANY,  # unset: true on the CPU only
+              "dm_ramp_steps": 0, "shield_heads": False, "coupling_schedule": "constant",
+              "deterministic": ANY,  # unset: true on the CPU only
               "loggers": ["csv", "tensorboard"],  # csv always; also wandb, mlflow when installed
               "label_share": {FREE: ANY}},  # task -> share of each batch whose labels are used
     # any other Lightning Trainer argument is passed through (environment.check_trainer_argument)
