@@ -20,8 +20,8 @@ Parts (``--parts``):
   (100 + 1,100) and the reverse (1,100 + 100); every variant.
 
 ``--until plateau`` (the default) trains every run until its validation score stops improving
-(``CONVERGED``: the demo config's own plateau rule, SynthFACS at 32 px, patience 300 steps counted
-from step 1,000, min_delta 0.005, cap 3,200) and each table gives the steps and how many runs
+(``CONVERGED``: the demo config's own plateau rule, SynthFACS at 32 px, patience 400 steps counted
+from step 2,400, min_delta 0.005, cap 3,200) and each table gives the steps and how many runs
 reached their plateau; ``--until steps`` is the earlier equal-budget study (450 steps, 48 px).
 
 Writes ``<out>/quality.md`` (all tables, the commands, the machine) and one PNG per regime and part.
