@@ -1,6 +1,7 @@
 """Training to a plateau, parallel compare runs, and the threshold-free / calibrated metrics."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -156,3 +157,24 @@ def test_each_parallel_run_gets_an_equal_share_of_the_cores():
 
     assert threads_per_job(2, cores=16) == 8 and threads_per_job(3, cores=16) == 5
     assert threads_per_job(4, cores=2) == 1 and threads_per_job(1, cores=2) == 2
+
+
+def test_a_plateau_counted_early_in_a_cosine_schedule_is_warned_about():
+    from distmtl.config import early_plateau_warning
+
+    def config(min_steps, schedule="cosine", until="plateau"):
+        return {"train": {"until": until, "min_steps": min_steps, "max_steps": 3200},
+                "optim": {"schedule": schedule}}
+
+    message = early_plateau_warning(config(1000))
+    assert "train.min_steps: 1000" in message and "train.min_steps=2400" in message
+    assert early_plateau_warning(config(2400)) is None
+    assert early_plateau_warning(config(0, schedule="constant")) is None
+    assert early_plateau_warning(config(0, until="steps")) is None
+
+
+def test_the_demo_config_counts_its_plateau_late_in_the_schedule():
+    from distmtl.config import early_plateau_warning, load_config
+
+    config = load_config(Path(__file__).resolve().parents[1] / "configs" / "synthfacs_demo.yaml")
+    assert early_plateau_warning(config) is None

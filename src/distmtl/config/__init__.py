@@ -14,9 +14,10 @@ from distmtl.config.loading import (
     dump_config,
     load_config,
     materialise,
+    early_plateau_warning,
     plateau_patience,
     resolve,
 )
 
 __all__ = ["DEFAULTS", "EDGE_DEFAULTS", "FREE", "SOURCE_KEYS", "apply_override", "dump_config", "load_config",
-           "materialise", "plateau_patience", "resolve"]
+           "materialise", "early_plateau_warning", "plateau_patience", "resolve"]

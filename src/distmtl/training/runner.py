@@ -16,7 +16,7 @@ import torch
 import yaml
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-from distmtl.config import dump_config, plateau_patience
+from distmtl.config import dump_config, early_plateau_warning, plateau_patience
 from distmtl.training.curves import read_log, write_training_curves
 from distmtl.data.datamodule import MultiSourceDataModule
 from distmtl.errors import DistmtlError
@@ -132,6 +132,9 @@ def make_trainer(config: dict, out_dir: Path, *, progress: bool | None = None) -
                         every_n_train_steps=int(t["checkpoint_every_steps"]), enable_version_counter=False),
     ]
     if t["until"] == "plateau":
+        warning = early_plateau_warning(config)
+        if warning:
+            log.warning(warning)
         callbacks.append(PlateauStopping(int(t["min_steps"] or 0), monitor=t["monitor"], mode=t["mode"],
                                          patience=plateau_patience(t), min_delta=float(t["min_delta"]),
                                          check_finite=False))
