@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from harness import REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments
+from harness import REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, shown_command, study_arguments
 
 import quality
 
@@ -111,10 +111,7 @@ def main(argv=None) -> int:
             "## Test (reported only)", "", table(out, rows, "test"), ""]
     path = out / "dm_study.md"
     path.write_text("\n".join(text) + "\n")
-    print(f"report: {path}")
-    for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(path, failures)
 
 
 if __name__ == "__main__":

@@ -187,3 +187,10 @@ def ensure_synthfacs(data: Path) -> None:
         subprocess.check_call([sys.executable, "-m", "distmtl.cli", "data", "synth", "--out", str(data),
                                "--preset", "demo", "--seed", "0", "--workers", "4"], cwd=REPO)
 
+
+def finish(report: Path, failures: list[str]) -> int:
+    """Name the report, list the failed runs on stderr; the exit status (1 when any run failed)."""
+    print(f"report: {report}")
+    for line in failures:
+        print(f"failed: {line}", file=sys.stderr)
+    return 1 if failures else 0

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from harness import (REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments,
+from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, shown_command, study_arguments,
                      study_records, summary_markdown)
 
 from distmtl.training.curves import plot_weight_runs, read_log
@@ -157,10 +157,7 @@ def main(argv=None) -> int:
     failures = [] if args.report_only else run_jobs(
         [s for studies in groups.values() for s in studies], out, seeds, args.jobs, extra)
     path = report(out, groups, command, machine_for(out, extra, not args.report_only), seeds)
-    print(f"report: {path}")
-    for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(path, failures)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import (REPO, Study, ensure_synthfacs, machine_for, run_jobs, shown_command, study_arguments,
+from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, shown_command, study_arguments,
                      study_records, summary_markdown)
 
 from distmtl.training.curves import plot_weight_runs, read_log
@@ -267,10 +267,7 @@ def main(argv=None) -> int:
         [s for studies in groups.values() for s in studies], out, seeds, args.jobs, extra)
     errors = table_errors(paths) if "relatedness" in groups else None
     path = report(out, groups, command, machine_for(out, extra, not args.report_only), seeds, errors)
-    print(f"report: {path}")
-    for line in failures:
-        print(f"failed: {line}", file=sys.stderr)
-    return 1 if failures else 0
+    return finish(path, failures)
 
 
 if __name__ == "__main__":
