@@ -139,3 +139,21 @@ def test_oracle_needs_every_task_on_every_row_before_anything_trains(files, tmp_
     assert "\n" not in message and f"data.oracle: {partial}: row 1 (line 2)" in message
     assert "'au'" in message and "48 of 48 rows" in message
     assert not (tmp_path / "runs").exists()
+
+
+def test_a_variant_that_turns_on_a_disabled_term_says_so(caplog):
+    import logging
+
+    from distmtl.training.experiment import Edge
+    from distmtl.training.variants import coupled_edges
+
+    options = {"coannotation": {"enabled": True}, "dm_a_to_b": {"enabled": False}, "dm_b_to_a": {"enabled": True}}
+    edge = Edge("expression", "au", None, options)
+    with caplog.at_level(logging.WARNING, logger="distmtl.training.variants"):
+        (both,) = coupled_edges([edge], True, True, "coann+dm")
+        (coann,) = coupled_edges([edge], True, False, "coann")
+    assert both.options["dm_a_to_b"]["enabled"] is True
+    assert coann.options["dm_a_to_b"]["enabled"] is False and coann.options["dm_b_to_a"]["enabled"] is False
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == ["relatedness[0].dm_a_to_b is off in the config, but variant 'coann+dm' trains it; "
+                      "to leave it out, set its weight to 0"]

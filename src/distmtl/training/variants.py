@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import logging
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,8 @@ from distmtl.data.csvformat import EncodedSource
 from distmtl.data.sampler import source_weights
 from distmtl.errors import DistmtlError, close_matches
 from distmtl.training.experiment import Edge, Experiment
+
+log = logging.getLogger(__name__)
 
 KNOWN_VARIANTS = ("single", "mtl", "coann", "dm", "coann+dm", "oracle")
 COUPLING = {"mtl": (False, False), "coann": (True, False), "dm": (False, True), "coann+dm": (True, True)}
@@ -42,13 +45,18 @@ def restrict(source: EncodedSource, tasks: list[str]) -> EncodedSource:
                                masks={t: source.masks[t] for t in tasks})
 
 
-def coupled_edges(edges: list[Edge], coann: bool, dm: bool) -> list[Edge]:
+def coupled_edges(edges: list[Edge], coann: bool, dm: bool, variant: str = "") -> list[Edge]:
+    """The edges with the variant's coupling terms on and the others off. A term the config turns
+    off that the variant needs is turned on, with a warning: a variant is defined by its terms (to
+    leave one direction out of a variant, set its weight to 0)."""
     out = []
-    for e in edges:
+    for i, e in enumerate(edges):
         options = copy.deepcopy(e.options)
-        options["coannotation"]["enabled"] = coann
-        options["dm_a_to_b"]["enabled"] = dm
-        options["dm_b_to_a"]["enabled"] = dm
+        for term, on in (("coannotation", coann), ("dm_a_to_b", dm), ("dm_b_to_a", dm)):
+            if on and options[term].get("enabled") is False:
+                log.warning("relatedness[%d].%s is off in the config, but variant '%s' trains "
+                            "it; to leave it out, set its weight to 0", i, term, variant)
+            options[term]["enabled"] = on
         out.append(Edge(e.task_a, e.task_b, e.relatedness, options))
     return out
 
@@ -94,7 +102,7 @@ def variant_runs(exp: Experiment, variant: str, key: str = "compare.variants"
         return [("oracle", Experiment(run_cfg, exp.tasks, [exp.oracle], exp.eval_sources), list(exp.tasks))]
     if variant != "mtl" and not exp.edges:
         raise DistmtlError(f"{key}: '{variant}' needs at least one relatedness edge")
-    edges = coupled_edges(exp.edges, *COUPLING[variant])
+    edges = coupled_edges(exp.edges, *COUPLING[variant], variant)
     return [(variant, Experiment(cfg, exp.tasks, exp.train_sources, exp.eval_sources, None, edges),
              list(exp.tasks))]
 
