@@ -17,11 +17,11 @@ from distmtl.training.module import MultiTaskModule
 
 CLASSES = ["Neutral", "Happiness", "Surprise"]
 AUS = ["AU01", "AU12", "AU25"]
-STRATEGIES = ["equal", "uncertainty", "gradnorm", "dwa", "dynamic"]
+STRATEGIES = ["equal", "initial", "uncertainty", "gradnorm", "dwa", "dynamic"]
 # |weight(mix) - weight(all present)| for every task at the end; the broken path (absent tasks
 # passed as loss 0) misses by far more: uncertainty > 5, gradnorm > 0.3, dwa > 0.1, dynamic > 0.2
 TOLERANCE = 0.05
-STEPS = {"gradnorm": 300}  # GradNorm's weights need ~30 two-task steps to settle; others 100
+STEPS = {"initial": 400, "gradnorm": 300}  # GradNorm's weights need ~30 two-task steps to settle; others 100
 
 
 @pytest.fixture(autouse=True)

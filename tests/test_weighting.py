@@ -37,7 +37,7 @@ def losses_of(a: float, b: float) -> dict[str, torch.Tensor]:
 
 
 def test_registry_names_match_classes():
-    assert set(WEIGHTINGS) == {"equal", "uncertainty", "dwa", "gradnorm", "dynamic", "jd"}
+    assert set(WEIGHTINGS) == {"equal", "initial", "uncertainty", "dwa", "gradnorm", "dynamic", "jd"}
     for name, cls in WEIGHTINGS.items():
         assert issubclass(cls, WeightingStrategy)
         assert cls.name == name
@@ -63,7 +63,7 @@ def test_unknown_weighting_name():
         create_weighting("gradnrom", TASKS)
     assert str(raised.value) == (
         "unknown weighting 'gradnrom' (did you mean: gradnorm?); "
-        "known: dwa, dynamic, equal, gradnorm, jd, uncertainty"
+        "known: dwa, dynamic, equal, gradnorm, initial, jd, uncertainty"
     )
     with pytest.raises(DistmtlError, match=r"unknown weighting 'zzz'; known: "):
         create_weighting("zzz", TASKS)
@@ -526,3 +526,31 @@ def test_gradnorm_shared_layer_is_the_last_main_path_layer_not_a_shortcut():
     # and run after the block's last main-path conv
     assert "downsample" not in weight and weight == "layer4.0.conv2.weight", weight
     assert any("downsample" in n for n in names.values())
+
+
+def test_initial_weights_balance_the_first_losses_then_stay_fixed():
+    strategy = create_weighting("initial", ["expression", "au"], steps=3).train()
+    first = [(2.0, 0.5), (1.8, 0.6), (1.9, 0.4)]
+    for e, a in first:
+        total = strategy({"expression": torch.tensor(e), "au": torch.tensor(a)})
+        assert strategy.weights == {"expression": 1.0, "au": 1.0} or (e, a) == first[-1]
+    assert strategy.weights == pytest.approx({"expression": 1.0, "au": 1.9 / 0.5})
+    assert float(total) == pytest.approx(1.9 + 0.4 * 3.8)  # the window's last batch already uses them
+    strategy({"expression": torch.tensor(0.01), "au": torch.tensor(5.0)})
+    assert strategy.weights == pytest.approx({"expression": 1.0, "au": 3.8})
+
+
+def test_initial_weights_count_only_batches_that_hold_the_task():
+    strategy = create_weighting("initial", ["expression", "au"], steps=2).train()
+    strategy({"expression": torch.tensor(2.0)})
+    strategy({"expression": torch.tensor(2.0)})
+    assert strategy.weights == {"expression": 1.0, "au": 1.0}  # au has no batch yet
+    strategy({"au": torch.tensor(0.25)})
+    strategy({"expression": torch.tensor(2.0), "au": torch.tensor(0.75)})
+    assert strategy.weights == pytest.approx({"expression": 1.0, "au": 4.0})
+
+
+def test_initial_weights_do_not_move_in_eval_mode():
+    strategy = create_weighting("initial", ["expression", "au"], steps=1).eval()
+    strategy({"expression": torch.tensor(2.0), "au": torch.tensor(0.5)})
+    assert strategy.weights == {"expression": 1.0, "au": 1.0}

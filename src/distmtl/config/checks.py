@@ -19,7 +19,7 @@ NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps",
 CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"), "train.until": ("steps", "plateau"),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
            "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),
-           "data.channels": (1, 3), "weighting.coupling": ("task", "rows"),
+           "data.channels": (1, 3), "weighting.coupling": ("task", "rows", "after"),
            "train.coupling_schedule": ("constant", "anneal")}
 SAMPLING_MODES = ("equal", "proportional", "sqrt")
 

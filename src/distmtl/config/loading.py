@@ -61,7 +61,7 @@ DEFAULTS: dict[str, Any] = {
     "losses": {FREE: ANY},  # per task: label_smoothing, class_weight, pos_weight, loss (ccc|mse)
     "weighting": {"name": "equal", "options": {FREE: ANY},
                   "aggregator": ANY,  # name: jd only: a TorchJD aggregator (upgrad, mgda, pcgrad, ...)
-                  "coupling": "task"},  # name: jd only: task (added to its task's row) | rows
+                  "coupling": ANY},  # task (in its task's loss / jd row) | after (added to the total) | rows (jd)
     "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "channels_last": False,
               "compile": ANY, "head": "linear", "hidden": 256,
               "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},

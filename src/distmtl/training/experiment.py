@@ -304,11 +304,13 @@ def check_model_and_weighting(config: dict) -> None:
         if str(name).strip().lower() == "jd":
             from distmtl.weighting.jd import check_jd_spec
 
-            check_jd_spec(w.get("aggregator"), w.get("coupling", "task"), w.get("options") or {})
+            check_jd_spec(w.get("aggregator"), w.get("coupling") or "task", w.get("options") or {})
         else:
-            for key in ("aggregator", "coupling"):
-                if w.get(key) not in (None, "task"):
-                    raise DistmtlError(f"weighting.{key}: only with weighting.name: jd (got name '{name}')")
+            if w.get("aggregator") is not None:
+                raise DistmtlError(f"weighting.aggregator: only with weighting.name: jd (got name '{name}')")
+            if w.get("coupling") == "rows":
+                raise DistmtlError(f"weighting.coupling: 'rows' needs name: jd (got name '{name}'); "
+                                   "a loss weighting takes task or after")
 
 
 def build_edges(config: dict, tasks: dict[str, Task], sources: list[EncodedSource],

@@ -18,6 +18,7 @@ from distmtl.losses.graph import EdgeConfig, RelatednessEdge, RelatednessGraph
 from distmtl.models import MultiTaskNet
 from distmtl.tasks import Task
 from distmtl.evaluation.verification import DEFAULT_PAIRS, identity_verification
+from distmtl.training.jacobian import objective_rows
 from distmtl.weighting import create_weighting
 
 
@@ -158,6 +159,9 @@ class MultiTaskModule(L.LightningModule):
         logged.update({f"term/{k}": v.detach() for k, v in terms.items()})
         if self._nonfinite is not None:
             return torch.tensor(float("nan"), device=features.device), logged
+        if self.coupling_in_tasks():
+            losses = objective_rows(losses, terms, list(self.tasks), "task")
+            terms = {}
         if losses:
             kwargs = {}
             if self.weighting.needs_features:
@@ -170,6 +174,13 @@ class MultiTaskModule(L.LightningModule):
         for value in [*absent_zeros, *terms.values()]:
             total = total + value
         return total, logged
+
+    def coupling_in_tasks(self) -> bool:
+        """``weighting.coupling: task`` (loss weightings): each coupling term joins the loss of the
+        task it supervises before the weighting, so a balancing strategy balances the tasks with
+        their pseudo-labels and matched targets; ``after``: terms are added to the weighted total."""
+        weighting = self.config["weighting"]
+        return weighting["name"] != "jd" and weighting.get("coupling") == "task"
 
     def coupling_terms(self, outputs, features, targets, masks, id_targets) -> dict[str, torch.Tensor]:
         """The relatedness graph's terms. With ``train.shield_heads`` they are computed on outputs

@@ -8,6 +8,7 @@ Each strategy is one class in its own module implementing
 name            method                                                weights sum to
 ==============  ====================================================  ==================
 equal           fixed weights (option ``weights``, default 1 each)    as configured
+initial         fixed at max_j L_j / L_i, losses of the first steps   max 1 (each >= 1)
 uncertainty     Kendall, Gal, Cipolla 2018: learned log-variances     (unconstrained)
 dwa             Liu, Johns, Davison 2019: Dynamic Weight Average      T
 gradnorm        Chen et al. 2018: gradient-norm balancing             T
@@ -28,11 +29,13 @@ from distmtl.weighting.dwa import DWAWeighting
 from distmtl.weighting.dynamic import DynamicWeighting
 from distmtl.weighting.equal import EqualWeighting
 from distmtl.weighting.gradnorm import GradNormWeighting
+from distmtl.weighting.initial import InitialLossWeighting
 from distmtl.weighting.jd import AGGREGATORS, JacobianDescent, describe_aggregators
 from distmtl.weighting.uncertainty import UncertaintyWeighting
 
 WEIGHTINGS: dict[str, type[WeightingStrategy]] = {
     "equal": EqualWeighting,
+    "initial": InitialLossWeighting,
     "uncertainty": UncertaintyWeighting,
     "dwa": DWAWeighting,
     "gradnorm": GradNormWeighting,
