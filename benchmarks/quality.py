@@ -82,10 +82,10 @@ ABLATIONS = {  # name: (label, overrides); the reference is regime (a)'s +both
     "no_stop_gradient": ("no stop-gradient", [f"{REL}.dm_a_to_b.stop_gradient=false",
                                               f"{REL}.dm_b_to_a.stop_gradient=false"]),
     **{f"lambda_{w}": (f"lambda {w}", [f"{REL}.dm_a_to_b.weight={w}", f"{REL}.dm_b_to_a.weight={w}"])
-       for w in (0.1, 0.5, 2)},
+       for w in (0.03, 0.3, 1)},
 }
-REFERENCE_LABEL = "+both (kl, both ways, stop-grad, lambda 1)"
-WEIGHTINGS = ("uncertainty", "dwa", "gradnorm", "dynamic")
+REFERENCE_LABEL = "+both (kl, both ways, stop-grad, lambda 0.1)"
+WEIGHTINGS = ("equal", "uncertainty", "dwa", "gradnorm", "dynamic")  # beside the default, initial
 # Jacobian descent (weighting.name=jd) with these aggregators, coupling terms in their task's row
 AGGREGATORS_STUDIED = ("upgrad", "mgda", "pcgrad", "cagrad", "nashmtl", "imtlg", "alignedmtl", "dualproj")
 
@@ -200,7 +200,7 @@ def group_records(out: Path, studies: list[Study], reference: Study, reference_l
 
 def weights_figure(out: Path, studies: list[Study], reference: Study) -> Path | None:
     logs = {}
-    for label, study in [("equal", reference)] + [(s.label or s.name, s) for s in studies]:
+    for label, study in [("initial", reference)] + [(s.label or s.name, s) for s in studies]:
         logs[label] = [read_log(p.parent.parent) for p in sorted(
             (out / study.name).glob("seed*/runs/coann+dm/seed*/logs/metrics.csv"))]
     if not any(logs.values()):
@@ -226,7 +226,7 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
                   summary_markdown(summarise(records)), "", f"![{study.name}]({study.name}/results.png)", ""]
     titles = {"relatedness": "Relatedness table quality, regime (a), +both",
               "ablations": "Ablations, regime (a), +both", "weighting": "Weighting strategies, regime (a), +both"}
-    reference_labels = {"relatedness": "du2014 (prior)", "ablations": REFERENCE_LABEL, "weighting": "equal"}
+    reference_labels = {"relatedness": "du2014 (prior)", "ablations": REFERENCE_LABEL, "weighting": "initial"}
     for part in ("relatedness", "ablations", "weighting"):
         if part not in groups:
             continue

@@ -22,7 +22,7 @@ def test_defaults_are_filled_and_overrides_parse_yaml(files):
     assert config["data"]["batch_size"] == 8
     assert config["relatedness"][0]["dm_a_to_b"]["weight"] == 0.5
     assert config["relatedness"][0]["dm_b_to_a"]["form"] == "ce"
-    assert config["weighting"]["name"] == "equal"
+    assert config["weighting"]["name"] == "initial"
 
 
 @pytest.mark.parametrize("mutate, key", [

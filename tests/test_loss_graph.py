@@ -119,8 +119,8 @@ def test_hard_variant_and_only_unlabelled():
     ya, yb, ma, mb = targets["expr"], targets["au"], masks["expr"], masks["au"]
     config = EdgeConfig(
         coannotation=CoannotationConfig(enabled=True, variant="hard"),
-        dm_a_to_b=MatchingConfig(enabled=True, form="kl", only_unlabelled=True),
-        dm_b_to_a=MatchingConfig(enabled=True, form="ce", only_unlabelled=True),
+        dm_a_to_b=MatchingConfig(enabled=True, weight=1.0, form="kl", only_unlabelled=True),
+        dm_b_to_a=MatchingConfig(enabled=True, weight=1.0, form="ce", only_unlabelled=True),
     )
     terms = RelatednessEdge("expr", "au", R, PRIOR, config)(outputs, targets, masks)
     close(terms["coann:expr->au"], coannotation_a_to_b_hard(zb, ya, ma, mb, R))
@@ -139,7 +139,7 @@ def test_graph_merges_edges_and_rejects_duplicates():
     r_attr = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5]], dtype=F64)
     e1 = RelatednessEdge("expr", "au", R, PRIOR, full_config())
     e2 = RelatednessEdge("expr", "attr", r_attr, None,
-                         EdgeConfig(dm_b_to_a=MatchingConfig(enabled=True, form="ce")))
+                         EdgeConfig(dm_b_to_a=MatchingConfig(enabled=True, weight=1.0, form="ce")))
     graph = RelatednessGraph([e1, e2])
     terms = graph(outputs, targets, masks, dm_scale=0.5)
     assert list(terms) == graph.term_names() == [

@@ -22,7 +22,7 @@ FREE = "__free__"  # a mapping whose keys are the user's (task names, options)
 # A->B defaults to the Bernoulli KL form: with a detached target it is the one form whose minimum
 # is p^B = q ("paper" and "bce" are linear in p^B; see losses/distribution_matching.py).
 # A coupling term an edge names is on unless it says enabled: false (None: not said).
-MATCHING_DEFAULTS = {"enabled": ANY, "weight": 1.0, "form": "kl", "stop_gradient": True,
+MATCHING_DEFAULTS = {"enabled": ANY, "weight": 0.1, "form": "kl", "stop_gradient": True,
                      "only_unlabelled": False}
 
 DEFAULTS: dict[str, Any] = {
@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "relatedness": ANY,  # list of edges, see EDGE_DEFAULTS
     "losses": {FREE: ANY},  # per task: label_smoothing, class_weight, pos_weight, loss (ccc|mse)
-    "weighting": {"name": "equal", "options": {FREE: ANY},
+    "weighting": {"name": "initial", "options": {FREE: ANY},
                   "aggregator": ANY,  # name: jd only: a TorchJD aggregator (upgrad, mgda, pcgrad, ...)
                   "coupling": ANY},  # task (in its task's loss / jd row) | after (added to the total) | rows (jd)
     "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "channels_last": False,

@@ -143,7 +143,7 @@ class MatchingConfig:
     """
 
     enabled: bool = True
-    weight: float = 1.0
+    weight: float = 0.1  # at 1, DM in either direction costs the plentiful task (methods.md)
     form: str = "kl"
     stop_gradient: bool = True
     only_unlabelled: bool = False
