@@ -554,3 +554,13 @@ def test_initial_weights_do_not_move_in_eval_mode():
     strategy = create_weighting("initial", ["expression", "au"], steps=1).eval()
     strategy({"expression": torch.tensor(2.0), "au": torch.tensor(0.5)})
     assert strategy.weights == {"expression": 1.0, "au": 1.0}
+
+
+def test_initial_weights_say_so_when_a_first_loss_is_not_positive(caplog):
+    import logging
+
+    strategy = create_weighting("initial", ["expression", "au"], steps=1).train()
+    with caplog.at_level(logging.WARNING, logger="distmtl.weighting.initial"):
+        strategy({"expression": torch.tensor(2.0), "au": torch.tensor(0.0)})
+    assert strategy.weights == {"expression": 1.0, "au": 1.0}
+    assert "au 0" in caplog.text and "every task keeps weight 1" in caplog.text

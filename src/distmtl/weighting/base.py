@@ -43,6 +43,16 @@ REQUIRED: Any = _Required()
 """Default marking an option the user must give."""
 
 
+def count_first_losses(total: Tensor, count: Tensor, index: Tensor, losses: Tensor, limit: int) -> None:
+    """Add each present task's loss (``index`` into ``[T]`` buffers) to its running ``total`` while
+    its ``count`` is under ``limit``, in place: the mean of a task's first ``limit`` training losses,
+    counted over the batches that hold the task (``dynamic``'s normalisation, ``initial``'s weights)."""
+    counting = count[index] < limit
+    total[index] += torch.where(counting, losses.to(total.dtype), torch.zeros((), dtype=total.dtype,
+                                                                             device=total.device))
+    count[index] += counting.long()
+
+
 class WeightingStrategy(nn.Module):
     """Base class: validates task names, options and losses, and records the weights used.
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from distmtl.weighting.base import REQUIRED, SelfOptimizingWeighting
+from distmtl.weighting.base import REQUIRED, SelfOptimizingWeighting, count_first_losses
 
 _TINY = 1e-12
 
@@ -120,9 +120,7 @@ class DynamicWeighting(SelfOptimizingWeighting):
 
     def _update(self, index: Tensor, losses: Tensor, h: Tensor) -> None:
         with torch.no_grad():
-            counting = self.initial_loss_count[index] < self.init_steps
-            self.initial_loss_sum[index] += torch.where(counting, losses, torch.zeros_like(losses))
-            self.initial_loss_count[index] += counting.long()
+            count_first_losses(self.initial_loss_sum, self.initial_loss_count, index, losses, self.init_steps)
         if index.numel() < 2 or not torch.isfinite(losses).all():
             return  # one task present: no weight to move between tasks
         coefficients = 1.0 / (self.normalized_losses(index, losses) + self.sigma)

@@ -5,10 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import logging
+
 import torch
 from torch import Tensor, nn
 
-from distmtl.weighting.base import WeightingStrategy
+from distmtl.weighting.base import WeightingStrategy, count_first_losses
+
+log = logging.getLogger(__name__)
 
 
 class InitialLossWeighting(WeightingStrategy):
@@ -35,7 +39,6 @@ class InitialLossWeighting(WeightingStrategy):
         self.register_buffer("loss_sum", torch.zeros(t, dtype=torch.float64))
         self.register_buffer("loss_count", torch.zeros(t, dtype=torch.long))
         self.register_buffer("task_weights", torch.ones(t))
-        self.register_buffer("fixed", torch.zeros((), dtype=torch.bool))
 
     def combine(
         self,
@@ -45,18 +48,23 @@ class InitialLossWeighting(WeightingStrategy):
         features: Tensor | None,
         shared_parameters: list[nn.Parameter] | None,
     ) -> tuple[Tensor, Tensor]:
-        if self.training and not bool(self.fixed):
+        if self.training and not self.fixed():
             with torch.no_grad():
-                self.loss_sum.index_add_(0, index, losses.detach().to(self.loss_sum.dtype))
-                self.loss_count.index_add_(0, index, torch.ones_like(index))
-                if bool((self.loss_count >= self.steps).all()):
+                count_first_losses(self.loss_sum, self.loss_count, index, losses.detach(), self.steps)
+                if self.fixed():
                     self._fix_weights()
         weights = self.task_weights.to(losses.dtype)
         return (weights[index] * losses).sum(), weights
 
+    def fixed(self) -> bool:
+        """Whether every task has its ``steps`` losses (the weights no longer change)."""
+        return bool((self.loss_count >= self.steps).all())
+
     def _fix_weights(self) -> None:
-        mean = self.loss_sum / self.loss_count.clamp_min(1)
-        usable = bool((mean > 0).all()) and bool(torch.isfinite(mean).all())
-        if usable:
+        mean = self.loss_sum / self.loss_count
+        if bool((mean > 0).all()) and bool(torch.isfinite(mean).all()):
             self.task_weights.copy_((mean.max() / mean).to(self.task_weights.dtype))
-        self.fixed.fill_(True)
+        else:
+            log.warning("weighting 'initial': a task's mean first loss is not a positive number "
+                        "(%s); every task keeps weight 1",
+                        ", ".join(f"{t} {float(m):.4g}" for t, m in zip(self.task_names, mean)))
