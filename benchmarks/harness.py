@@ -53,7 +53,7 @@ def compare_command(study: Study, out: Path, seed: int, extra: list[str]) -> lis
 
 def run_jobs(studies: list[Study], out: Path, seeds: list[int], jobs: int, extra: list[str]) -> list[str]:
     """Run every (study, seed); returns one line per failed job (its log's last line)."""
-    plan = [(s, seed) for s in studies for seed in seeds]
+    plan = [(s, seed) for seed in seeds for s in studies]  # seed by seed: a stopped run leaves whole seeds
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     if jobs > 1:  # the same share of the cores as distmtl compare --jobs gives each run
         env.setdefault("OMP_NUM_THREADS", str(threads_per_job(jobs, os.cpu_count() or 1)))

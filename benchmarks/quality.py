@@ -10,8 +10,9 @@ Parts (``--parts``):
   200 co-annotated training images, or the generator's true table.
 - ``ablations``: regime (a), +both, one change each: DM direction, A->B DM form, stop-gradient,
   DM weight lambda.
-- ``weighting``: regime (a), +both, with each weighting strategy and each gradient aggregator of
-  ``weighting: {name: jd}`` (``AGGREGATORS_STUDIED``); the task weights over training. Time per
+- ``weighting``: regime (a), +both, with each loss weighting strategy; the task weights over training.
+- ``aggregators``: the same with each gradient aggregator of ``weighting: {name: jd}``
+  (``AGGREGATORS_STUDIED``), in the weighting table; about 5x the time per run on CPU. Time per
   step relative to ``equal``: ``benchmarks/jd_speed.py``.
 - ``fashion``: Fashion-MNIST (configs/fashion_mnist.yaml): scarce categories (300 category-labelled
   images beside 10,000 attribute-labelled ones) and the reverse (10,000 + 300); every variant.
@@ -182,10 +183,11 @@ def plan(parts: list[str], paths: dict[str, str], quick: bool, until: str = "pla
                                for name, (label, ov) in ABLATIONS.items()]
     if "weighting" in parts:
         groups["weighting"] = [Study(f"weighting_{w}", CONFIG, ["coann+dm"], budget + [f"weighting.name={w}"], w)
-                               for w in WEIGHTINGS] + [
-            Study(f"weighting_jd_{a}", CONFIG, ["coann+dm"],
-                  budget + ["weighting.name=jd", f"weighting.aggregator={a}"], f"jd {a}")
-            for a in AGGREGATORS_STUDIED]
+                               for w in WEIGHTINGS]
+    if "aggregators" in parts:  # about 5x the time of a loss weighting per run: a part of its own
+        groups["aggregators"] = [Study(f"weighting_jd_{a}", CONFIG, ["coann+dm"],
+                                       budget + ["weighting.name=jd", f"weighting.aggregator={a}"], f"jd {a}")
+                                 for a in AGGREGATORS_STUDIED]
     return groups
 
 
@@ -227,10 +229,11 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
     titles = {"relatedness": "Relatedness table quality, regime (a), +both",
               "ablations": "Ablations, regime (a), +both", "weighting": "Weighting strategies, regime (a), +both"}
     reference_labels = {"relatedness": "du2014 (prior)", "ablations": REFERENCE_LABEL, "weighting": "initial"}
+    studied = {**groups, "weighting": groups.get("weighting", []) + groups.get("aggregators", [])}
     for part in ("relatedness", "ablations", "weighting"):
-        if part not in groups:
+        if not studied.get(part):
             continue
-        records = group_records(out, groups[part], reference, reference_labels[part])
+        records = group_records(out, studied[part], reference, reference_labels[part])
         if not records:
             continue
         summary = summarise(records)
@@ -239,7 +242,7 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
         if part == "relatedness" and errors:
             lines += ["Mean absolute difference of each table from the generator's true table: "
                       + ", ".join(f"{k} {v:.3f}" for k, v in errors.items()) + ".", ""]
-        if part == "weighting" and weights_figure(out, groups[part], reference):
+        if part == "weighting" and weights_figure(out, studied[part], reference):
             lines += ["![task weights](weighting_weights.png)", ""]
     path = out / "quality.md"
     path.write_text("\n".join(lines) + "\n")
@@ -248,7 +251,7 @@ def report(out: Path, groups: dict[str, list[Study]], command: str, machine: str
 
 def main(argv=None) -> int:
     p = study_arguments(__doc__, "runs/quality", ["regimes", "relatedness", "ablations", "weighting",
-                                                   "fashion", "digits"])
+                                                   "aggregators", "fashion", "digits"])
     p.add_argument("--quick", action="store_true", help="regime (a), 1 seed, 300 steps, 4 variants")
     p.add_argument("--until", choices=["plateau", "steps"], default="plateau",
                    help="train every run to its plateau (default) or for the equal budget of 450 steps")

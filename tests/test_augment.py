@@ -1,6 +1,8 @@
 """Augmentation: one warp per image or per batch, each sample's draw fixed by (seed, epoch, sample)."""
 
 import math
+import sys
+import types
 
 import numpy as np
 import pytest
@@ -106,18 +108,23 @@ def test_augment_on_is_validated(files):
         resolve(raw)
 
 
-def test_pillow_fallback_draws_what_opencv_draws(monkeypatch):
-    import distmtl.data.augment as augment
+class _TrapModule(types.ModuleType):
+    """A ``cv2`` that fails on any use: the warp must not depend on what else is installed."""
 
+    def __getattr__(self, name):
+        raise AssertionError(f"augmentation used cv2.{name}")
+
+
+def test_the_warp_is_the_same_whatever_else_is_installed(monkeypatch):
     image = Image.fromarray(smooth_image(64))
     pre = Preprocessing(size=32)
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 raises ImportError
     torch.manual_seed(3)
-    first = FusedAugment(pre, FLAGSHIP)(image)
-    monkeypatch.setattr(augment, "_opencv", lambda: None)
+    without = FusedAugment(pre, FLAGSHIP)(image)
+    monkeypatch.setitem(sys.modules, "cv2", _TrapModule("cv2"))
     torch.manual_seed(3)
-    fallback = FusedAugment(pre, FLAGSHIP)(image)
-    assert first.shape == fallback.shape == (3, 32, 32)
-    assert (first - fallback).abs().mean() < 0.03
+    beside = FusedAugment(pre, FLAGSHIP)(image)
+    assert torch.equal(without, beside)
 
 
 def test_device_path_decode_errors_name_the_file(tmp_path):

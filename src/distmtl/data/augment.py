@@ -135,35 +135,21 @@ class DecodeResize:
         return {"image": tensor, "aug": draw_params()}
 
 
-def _opencv():
-    try:
-        import cv2
-    except ImportError:
-        return None
-    cv2.setNumThreads(1)  # a DataLoader worker is one core
-    return cv2
-
-
 class FusedAugment:
-    """Worker side of the ``workers`` path: one affine warp + lookup tables per image.
+    """Worker side of the ``workers`` path: one Pillow affine warp + numpy lookup tables per image.
 
-    With OpenCV importable (``opencv-python-headless``; mediapipe brings it too) the warp, the
-    lookup tables and the saturation blend run in OpenCV, about 5x faster than Pillow's affine
-    transform; without it, in Pillow and numpy. Both sample the same geometry and colour factors.
+    One backend in every environment, on purpose: an OpenCV path (taken whenever ``cv2`` happened
+    to be importable) drew the same geometry but rounded differently, and the same commit, seed and
+    data trained to different models in two environments. At the sizes trained on CPU the warp is
+    well under a millisecond per image, small beside the training step.
     """
 
     def __init__(self, pre: Preprocessing, aug: Augmentation):
         self.pre, self.aug = pre, aug
         self.scale = (1 / (255 * np.asarray(pre.std, dtype=np.float32))).reshape(-1, 1, 1)
         self.shift = (np.asarray(pre.mean, dtype=np.float32) / np.asarray(pre.std, dtype=np.float32)).reshape(-1, 1, 1)
-        self.cv2 = None
-
-    def __getstate__(self):
-        return {**self.__dict__, "cv2": None}
 
     def __call__(self, image) -> torch.Tensor:
-        if self.cv2 is None:
-            self.cv2 = _opencv() or False
         if isinstance(image, torch.Tensor):  # cached pixels
             array = image.permute(1, 2, 0).numpy()
             image = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
@@ -180,16 +166,8 @@ class FusedAugment:
         d, e = height / s * t[1, 0], height / s * t[1, 1]
         f = height / 2 * (t[1, 2] + 1 - t[1, 0] - t[1, 1])
         bicubic = self.pre.interpolation == "bicubic"  # an affine warp offers these two
-        if self.cv2:
-            array = np.asarray(image)
-            # OpenCV's pixel centres sit on integers: shift both sides by half a pixel
-            matrix = np.array([[a, b, c + (a + b) / 2 - 0.5], [d, e, f + (d + e) / 2 - 0.5]])
-            interpolation = self.cv2.INTER_CUBIC if bicubic else self.cv2.INTER_LINEAR
-            array = self.cv2.warpAffine(array, matrix, (s, s), flags=interpolation | self.cv2.WARP_INVERSE_MAP,
-                                        borderMode=self.cv2.BORDER_CONSTANT, borderValue=0)
-        else:
-            array = np.asarray(image.transform((s, s), Image.AFFINE, (a, b, c, d, e, f),
-                                               resample=Image.BICUBIC if bicubic else Image.BILINEAR, fillcolor=0))
+        array = np.asarray(image.transform((s, s), Image.AFFINE, (a, b, c, d, e, f),
+                                           resample=Image.BICUBIC if bicubic else Image.BILINEAR, fillcolor=0))
         if array.ndim == 2:
             array = array[:, :, None]
         if self.aug.color_jitter:
@@ -197,29 +175,21 @@ class FusedAugment:
         x = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).float()
         return x.mul_(torch.from_numpy(self.scale)).sub_(torch.from_numpy(self.shift))
 
-    def _lut(self, array: np.ndarray, table: np.ndarray) -> np.ndarray:
-        return self.cv2.LUT(array, table).reshape(array.shape) if self.cv2 else table[array]
-
     def _colour(self, array: np.ndarray, factors: np.ndarray) -> np.ndarray:
         """Brightness, then contrast around the mean gray level, then saturation; as augment_batch."""
         bright, contrast, saturation = (float(v) for v in factors)
         levels = np.arange(256, dtype=np.float64)
-        array = self._lut(array, np.clip(levels * bright, 0, 255).round().astype(np.uint8))
+        array = np.clip(levels * bright, 0, 255).round().astype(np.uint8)[array]
         gray = self._gray(array)
         mean = float(gray.mean())
-        array = self._lut(array, np.clip((levels - mean) * contrast + mean, 0, 255).round().astype(np.uint8))
+        array = np.clip((levels - mean) * contrast + mean, 0, 255).round().astype(np.uint8)[array]
         if array.shape[2] == 3 and saturation != 1.0:
             gray = np.repeat(self._gray(array)[:, :, None], 3, axis=2)
-            if self.cv2:
-                array = self.cv2.addWeighted(array, saturation, gray, 1 - saturation, 0)
-            else:
-                mixed = gray.astype(np.float32) + (array.astype(np.float32) - gray) * saturation
-                array = np.clip(mixed, 0, 255).round().astype(np.uint8)
+            mixed = gray.astype(np.float32) + (array.astype(np.float32) - gray) * saturation
+            array = np.clip(mixed, 0, 255).round().astype(np.uint8)
         return array
 
     def _gray(self, array: np.ndarray) -> np.ndarray:
         if array.shape[2] == 1:
             return array[:, :, 0]
-        if self.cv2:
-            return self.cv2.cvtColor(array, self.cv2.COLOR_RGB2GRAY)
         return (array @ np.asarray(GRAY, dtype=np.float32)).round().astype(np.uint8)
