@@ -12,7 +12,7 @@ Parts (``--parts``):
   DM weight lambda.
 - ``weighting``: regime (a), +both, with each loss weighting strategy; the task weights over training.
 - ``aggregators``: the same with each gradient aggregator of ``weighting: {name: jd}``
-  (``AGGREGATORS_STUDIED``), in the weighting table; about 5x the time per run on CPU. Time per
+  (``AGGREGATORS_STUDIED``), in the weighting table; 1.5-3x a loss weighting's time per run on CPU. Time per
   step relative to ``equal``: ``benchmarks/jd_speed.py``.
 - ``fashion``: Fashion-MNIST (configs/fashion_mnist.yaml): scarce categories (300 category-labelled
   images beside 10,000 attribute-labelled ones) and the reverse (10,000 + 300); every variant.
@@ -184,7 +184,7 @@ def plan(parts: list[str], paths: dict[str, str], quick: bool, until: str = "pla
     if "weighting" in parts:
         groups["weighting"] = [Study(f"weighting_{w}", CONFIG, ["coann+dm"], budget + [f"weighting.name={w}"], w)
                                for w in WEIGHTINGS]
-    if "aggregators" in parts:  # about 5x the time of a loss weighting per run: a part of its own
+    if "aggregators" in parts:  # 1.5-3x the time of a loss weighting per run: a part of its own
         groups["aggregators"] = [Study(f"weighting_jd_{a}", CONFIG, ["coann+dm"],
                                        budget + ["weighting.name=jd", f"weighting.aggregator={a}"], f"jd {a}")
                                  for a in AGGREGATORS_STUDIED]
