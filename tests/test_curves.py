@@ -45,3 +45,10 @@ def test_weight_runs_figure_needs_logs(tmp_path):
     assert plot_weight_runs({"dynamic": frames}, tmp_path / "w.png").is_file()
     with pytest.raises(DistmtlError):
         plot_weight_runs({"dynamic": []}, tmp_path / "none.png")
+
+
+def test_many_weight_panels_wrap_into_rows(tmp_path):
+    frame = pd.DataFrame({"step": [1, 2], "weight/a": [0.5, 0.7], "weight/b": [0.5, 0.3]})
+    path = plot_weight_runs({f"strategy {i}": [frame] for i in range(12)}, tmp_path / "w.png")
+    width, height = Image.open(path).size
+    assert width < 2.5 * height  # 12 panels: three rows of at most five, not one 12-panel strip

@@ -52,6 +52,9 @@ def plot_training_curves(frame: pd.DataFrame, path: str | Path, title: str | Non
     return _save(fig, path, title)
 
 
+PANELS_PER_ROW = 5  # a 15-strategy study stays readable: three rows, not one strip
+
+
 def plot_weight_runs(logs: Mapping[str, list[pd.DataFrame]], path: str | Path, title: str | None = None) -> Path:
     """Task weights over training, one panel per label (e.g. weighting strategy): the mean over the
     label's runs (seeds) as a line, their min..max as a band."""
@@ -63,8 +66,12 @@ def plot_weight_runs(logs: Mapping[str, list[pd.DataFrame]], path: str | Path, t
     logs = {k: v for k, v in logs.items() if v}
     if not logs:
         raise DistmtlError("no training logs to plot")
-    fig, axes = plt.subplots(1, len(logs), figsize=(4.2 * len(logs), 3.4), squeeze=False, sharey=False)
-    for ax, (label, frames) in zip(axes[0], logs.items()):
+    ncols = min(len(logs), PANELS_PER_ROW)
+    nrows = -(-len(logs) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.4 * nrows), squeeze=False, sharey=False)
+    for ax in axes.flat[len(logs):]:
+        ax.set_visible(False)
+    for ax, (label, frames) in zip(axes.flat, logs.items()):
         tasks = [c[len("weight/"):] for c in columns(frames[0], "weight/")]
         for task in tasks:
             series = [f.set_index("step")[f"weight/{task}"].dropna() for f in frames
