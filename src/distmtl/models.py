@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 
 from collections.abc import Mapping
@@ -197,6 +198,53 @@ def make_head(kind: str, in_features: int, out_features: int, hidden: int, drop:
     raise DistmtlError(f"model.head: unknown head '{kind}'{close_matches(kind, ['linear', 'mlp'])}")
 
 
+class BranchHead(nn.Module):
+    """A task's own copy of the backbone's last stages (and its pooling) before the task head."""
+
+    def __init__(self, branch: nn.Module, head: nn.Module):
+        super().__init__()
+        self.branch, self.head = branch, head
+
+    def forward(self, x: torch.Tensor, *args) -> torch.Tensor:
+        return self.head(self.branch(x), *args)
+
+
+def split_last_stages(backbone: nn.Module, stages: int, name: str, in_chans: int) -> nn.Module:
+    """Cut the last ``stages`` stages and the global pooling off ``backbone`` (in place) and return
+    them as one module: ``branch(backbone(x)) == original(x)``, checked on a probe input, so a
+    backbone whose forward does more after its stages is refused rather than silently changed."""
+    info = [f["module"] for f in getattr(backbone, "feature_info", None) or []]
+    pool = getattr(backbone, "global_pool", None)
+    refused = DistmtlError(f"model.task_stages: backbone '{name}' does not split into a shared trunk "
+                           f"and its last {stages} stage(s); use 0 (everything shared)")
+    if not isinstance(pool, nn.Module) or not hasattr(backbone, "reset_classifier"):
+        raise refused
+    if not 0 < stages < len(info):
+        raise DistmtlError(f"model.task_stages: {stages} is not possible for backbone '{name}' "
+                           f"(it has {max(len(info) - 1, 0)} stages that can be given to each task)")
+    probe = torch.randn(2, in_chans, 64, 64, generator=torch.Generator().manual_seed(0))
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        expected = backbone(probe)
+    parts = [backbone.get_submodule(m) for m in info[-stages:]] + [copy.deepcopy(pool)]
+    for module_name in info[-stages:]:
+        parent, _, child = module_name.rpartition(".")
+        setattr(backbone.get_submodule(parent) if parent else backbone, child, nn.Identity())
+    backbone.reset_classifier(0, global_pool="")
+    branch = nn.Sequential(*parts)
+    try:
+        with torch.no_grad():
+            ok = torch.allclose(branch.eval()(backbone(probe)), expected, atol=1e-5)
+    except RuntimeError:  # the forward does more after the stages (a head convolution, a norm)
+        ok = False
+    backbone.train(was_training)
+    branch.train(was_training)
+    if not ok:
+        raise refused
+    return branch
+
+
 def _call_with(module: nn.Module, params: Mapping[str, torch.Tensor], *args):
     return torch.func.functional_call(module, dict(params), args)
 
@@ -205,19 +253,37 @@ class MultiTaskNet(nn.Module):
     def __init__(self, tasks: Mapping[str, Task], backbone: str = "test_resnet", in_chans: int = 3,
                  pretrained: bool = False, head: str = "linear", hidden: int = 256,
                  drop_rate: float = 0.0, backbone_kwargs: Mapping | None = None,
-                 weights: str | Path | None = None):
+                 weights: str | Path | None = None, task_stages: int = 0):
+        """``task_stages``: how many of the backbone's last stages each task gets a copy of (0: the
+        whole backbone is shared). The shared features are then the trunk's unpooled feature map."""
         super().__init__()
         self.tasks = dict(tasks)
         self.backbone = create_backbone(backbone, in_chans, pretrained, weights=weights,
                                         **dict(backbone_kwargs or {}))
         self.num_features = self.backbone.num_features
+        self.task_stages = int(task_stages or 0)
+        branch = None
+        if self.task_stages:
+            if any(task.kind == "identity" for task in self.tasks.values()):
+                raise DistmtlError("model.task_stages: not available with an identity task "
+                                   "(its embedding is the shared, pooled features)")
+            branch = split_last_stages(self.backbone, self.task_stages, backbone, in_chans)
         heads = {}
         for name, task in self.tasks.items():
             if task.kind == "identity":
                 heads[name] = identity_head(task, self.num_features)
             else:
                 heads[name] = make_head(head, self.num_features, task.num_outputs, hidden, drop_rate)
+            if branch is not None:
+                heads[name] = BranchHead(copy.deepcopy(branch), heads[name])
         self.heads = nn.ModuleDict(heads)
+        self.shared_dim = self.backbone.num_features if branch is None else \
+            self.backbone.feature_info[-self.task_stages - 1]["num_chs"]
+
+    @staticmethod
+    def pooled(features: torch.Tensor) -> torch.Tensor:
+        """The shared features as one vector per sample (a trunk's feature map averaged over space)."""
+        return features.mean(dim=(2, 3)) if features.dim() == 4 else features
 
     def forward(self, x: torch.Tensor, identity_targets: Mapping[str, torch.Tensor] | None = None):
         """Returns ``(outputs, features)``: raw outputs per task (logits / regression values)."""
@@ -236,7 +302,7 @@ class MultiTaskNet(nn.Module):
                 run = functools.partial(_call_with, head, params)
             else:
                 run = head
-            if isinstance(head, ArcMarginHead):
+            if self.tasks[name].kind == "identity":
                 outputs[name] = run(features, (identity_targets or {}).get(name))
             elif self.tasks[name].kind == "regression":
                 low, high = self.tasks[name].value_range

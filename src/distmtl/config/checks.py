@@ -16,6 +16,7 @@ POSITIVE_INTS = ("data.image_size", "data.batch_size", "data.eval_batch_size", "
 NON_NEGATIVE = ("data.num_workers", "train.dm_ramp_steps", "optim.warmup_steps", "optim.weight_decay",
                 "train.early_stopping_patience", "data.augment.rotation", "data.augment.color_jitter",
                 "train.min_delta", "train.min_steps")
+NON_NEGATIVE_INTS = ("model.task_stages",)
 CHOICES = {"train.on_nan": ("stop", "skip"), "train.mode": ("max", "min"), "train.until": ("steps", "plateau"),
            "optim.name": ("adamw", "sgd"), "optim.schedule": ("cosine", "constant"),
            "model.head": ("linear", "mlp"), "compare.single_task_batch": ("matched", "full"),
@@ -43,6 +44,10 @@ def check_values(config: Mapping[str, Any]) -> None:
         value = _at(config, key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise DistmtlError(f"{key}: expected a positive integer, got {value!r}")
+    for key in NON_NEGATIVE_INTS:
+        value = _at(config, key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+            raise DistmtlError(f"{key}: expected an integer >= 0, got {value!r}")
     for key in NON_NEGATIVE:
         value = _at(config, key)
         if value is not None and (not _is_number(value) or value < 0):

@@ -64,7 +64,7 @@ DEFAULTS: dict[str, Any] = {
                   "coupling": ANY},  # task (in its task's loss / jd row) | after (added to the total) | rows (jd)
     "model": {"backbone": "test_resnet", "pretrained": False, "weights": ANY, "channels_last": False,
               "compile": ANY, "head": "linear", "hidden": 256,
-              "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}},
+              "drop_rate": 0.0, "backbone_kwargs": {FREE: ANY}, "task_stages": 0},
     "optim": {"name": "adamw", "lr": 0.002, "weight_decay": 0.0001, "schedule": "cosine",
               "warmup_steps": 50},
     # until: steps (train max_steps, the equal-budget mode) | plateau (stop when the monitored

@@ -8,10 +8,11 @@ A model folder holds
 
   ``format`` (``"distmtl-model"``), ``format_version``, ``distmtl_version`` (and the torch/timm
   versions that exported it), ``name`` (the experiment), ``model`` (``backbone``, ``in_chans``,
-  ``head``, ``hidden``, ``drop_rate``, ``backbone_kwargs``, and for an ``hf-hub:`` backbone ``timm_model``: the
-  architecture and arguments it stands for, so the model rebuilds without the Hub), ``tasks`` (``{name: {kind, labels,
-  range?, options?}}`` in output order; the label order is the column order of every output),
-  ``preprocessing`` (``size``, ``channels``, ``mean``, ``std``, ``interpolation``: resize to size x size with
+  ``head``, ``hidden``, ``drop_rate``, ``backbone_kwargs``, ``task_stages`` (when not 0), and for
+  an ``hf-hub:`` backbone ``timm_model``: the architecture and arguments it stands for, so the
+  model rebuilds without the Hub), ``tasks`` (``{name: {kind, labels, range?, options?}}`` in
+  output order; the label order is the column order of every output), ``preprocessing``
+  (``size``, ``channels``, ``mean``, ``std``, ``interpolation``: resize to size x size with
   antialiasing, scale to [0, 1], normalise, as in training-time evaluation), ``faces`` (the face
   preprocessing of the training images, :class:`distmtl.faces.FacePreprocessing`: ``mode``
   ``align`` / ``box`` / ``none``, ``size``, ``margin``, ``backend``, ``min_face_score``; predict
@@ -121,7 +122,7 @@ def build_net(config: Mapping[str, Any], tasks: Mapping[str, Task] | None = None
     return MultiTaskNet(tasks or tasks_from_config(config), backbone=backbone,
                         in_chans=int(m["in_chans"]), pretrained=False, head=m["head"],
                         hidden=int(m["hidden"]), drop_rate=float(m["drop_rate"]),
-                        backbone_kwargs=kwargs)
+                        backbone_kwargs=kwargs, task_stages=int(m.get("task_stages") or 0))
 
 
 def load_weights(net: nn.Module, model_dir: str | Path, expected_sha256: str | None = None) -> None:
@@ -215,6 +216,7 @@ def model_config(module, thresholds: Mapping[str, Mapping[str, float]] | None = 
         "model": {"backbone": m["backbone"], "in_chans": int(config["data"]["channels"]),
                   "head": m["head"], "hidden": int(m["hidden"]), "drop_rate": float(m["drop_rate"]),
                   "backbone_kwargs": dict(m.get("backbone_kwargs") or {}),
+                  **({"task_stages": int(m["task_stages"])} if m.get("task_stages") else {}),
                   **({"timm_model": arch} if (arch := hub_architecture(m["backbone"])) else {})},
         "tasks": {name: task.to_dict() for name, task in tasks.items()},
         "preprocessing": pre.to_dict(),

@@ -59,7 +59,7 @@ def shared_outputs(net, images: torch.Tensor, au_task: str, batch_size: int = 12
     features, aus = [], []
     for start in range(0, len(images), batch_size):
         outputs, feats = net(images[start:start + batch_size])
-        features.append(feats.float())
+        features.append(net.pooled(feats).float())
         aus.append(torch.sigmoid(outputs[au_task].float()))
     return torch.cat(features), torch.cat(aus)
 

@@ -59,7 +59,8 @@ class MultiTaskModule(L.LightningModule):
                                 pretrained=bool(m["pretrained"]) and download_pretrained, head=m["head"],
                                 hidden=m["hidden"],
                                 drop_rate=m["drop_rate"], backbone_kwargs=m.get("backbone_kwargs"),
-                                weights=m.get("weights") if download_pretrained else None)
+                                weights=m.get("weights") if download_pretrained else None,
+                                task_stages=int(m.get("task_stages") or 0))
         self.loss_options = {t: loss_options(task, config["losses"].get(t)) for t, task in self.tasks.items()}
         self.graph = RelatednessGraph([
             RelatednessEdge(e["task_a"], e["task_b"], torch.tensor(e["matrix"], dtype=torch.float32),
@@ -70,7 +71,7 @@ class MultiTaskModule(L.LightningModule):
         w = config["weighting"]
         options = dict(w.get("options") or {})
         if w["name"] == "dynamic":
-            options.setdefault("feature_dim", self.net.num_features)
+            options.setdefault("feature_dim", self.net.shared_dim)
         if w["name"] == "jd":  # Jacobian descent: the aggregator replaces the weighted sum
             options.update(aggregator=w.get("aggregator"), coupling=w.get("coupling") or "task")
         self.weighting = create_weighting(w["name"], list(self.tasks), **options)
@@ -165,7 +166,7 @@ class MultiTaskModule(L.LightningModule):
         if losses:
             kwargs = {}
             if self.weighting.needs_features:
-                kwargs["features"] = features
+                kwargs["features"] = self.net.pooled(features)
             if self.weighting.needs_shared_parameters:
                 kwargs["shared_parameters"] = self.net.last_shared_parameters()
             total = self.weighting(losses, **kwargs)
