@@ -55,7 +55,11 @@ def module_from_experiment(exp: Experiment) -> MultiTaskModule:
     summary = {"sources": [{"name": s.name, "size": len(s), "annotated": s.label_counts()}
                            for s in exp.train_sources]}
     config = resolve_pos_weights(exp)
-    return MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, summary)
+    module = MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, summary)
+    for name, scale in module.term_scales.items():
+        log.info("%s: scaled by %g (relatedness balance: the images it acts on are drawn more often "
+                 "than the task's labelled ones)", name, scale)
+    return module
 
 
 def resolve_pos_weights(exp: Experiment, cap: float = 10.0) -> dict:

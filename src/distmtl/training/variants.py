@@ -182,4 +182,19 @@ def loss_terms(exp: Experiment) -> list[dict[str, Any]]:
                     + (["only_unlabelled"] if dm.only_unlabelled else []) \
                     + ([f"ramped over {ramp} steps"] if ramp else [])
                 terms.append({"name": f"term/{name}", "weight": dm.weight, "form": ", ".join(extra)})
+    scales = experiment_term_scales(exp)
+    for term in terms:
+        scale = scales.get(term["name"].removeprefix("term/"))
+        if scale is not None:
+            term["form"] += f", x{scale:g} (balance)"
     return terms
+
+
+def experiment_term_scales(exp: Experiment) -> dict[str, float]:
+    """The ``relatedness[i].balance`` scale of each coupling term of ``exp`` (``training.balance``)."""
+    from distmtl.training.balance import term_scales
+
+    sources = [{"size": len(s), "annotated": s.label_counts()} for s in exp.train_sources]
+    edges = [{"task_a": e.task_a, "task_b": e.task_b, "options": e.options} for e in exp.edges]
+    weights = source_weights([len(s) for s in exp.train_sources], exp.config["data"]["sampling"] or "equal")
+    return term_scales(edges, sources, list(weights))

@@ -1,0 +1,51 @@
+"""How much a coupling term may weigh: a pseudo-labelled image counts no more than a labelled one.
+
+A coupling term towards task T (co-annotation or distribution matching in the direction that
+supervises T) acts on the images that lack T's labels. When those come from a small source that
+the sampler draws as often as a large labelled one (``data.sampling: equal``), each of them is
+seen many times more often than a truly labelled image of T, and the network fits its
+table-derived target, the same for every image of a class, over the varied true labels of the
+large source. ``relatedness[i].balance`` (default on) scales the terms towards T by
+
+    min(1, f_T / f_notT),   f_X = expected draws per step of one image in X,
+
+with ``f_T`` over the images labelled for T and ``f_notT`` over the images that lack it, from
+the sources' sizes, label counts and sampling ratios. Balanced sources give 1 (the papers'
+terms unchanged); 300 images without T beside 3,000 with it, sampled equally, give 0.1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+
+def draws_ratio(sizes: Sequence[int], labelled: Sequence[int], weights: Sequence[float]) -> float:
+    """``min(1, f_T / f_notT)`` for one task: ``sizes[s]`` images in source ``s``, ``labelled[s]``
+    of them labelled for the task, ``weights[s]`` the source's share of each batch."""
+    rate = [w / n if n else 0.0 for w, n in zip(weights, sizes)]  # draws of one image per batch slot
+    with_t = sum(labelled)
+    without_t = sum(n - k for n, k in zip(sizes, labelled))
+    if with_t == 0 or without_t == 0:
+        return 1.0
+    f_t = sum(r * k for r, k in zip(rate, labelled)) / with_t
+    f_not = sum(r * (n - k) for r, n, k in zip(rate, sizes, labelled)) / without_t
+    return 1.0 if f_not <= 0 else min(1.0, f_t / f_not)
+
+
+def term_scales(edges: Sequence[Mapping], sources: Sequence[Mapping], weights: Sequence[float]
+                ) -> dict[str, float]:
+    """``{term name: scale}`` for the coupling terms of ``edges`` whose ``balance`` is on.
+
+    ``sources``: ``[{size, annotated: {task: count}}]`` (the run's data summary); ``weights``: the
+    sampler's source shares."""
+    sizes = [int(s["size"]) for s in sources]
+    scales = {}
+    for edge in edges:
+        if not edge.get("options", {}).get("balance", True):
+            continue
+        a, b = edge["task_a"], edge["task_b"]
+        for target, other in ((b, a), (a, b)):
+            ratio = draws_ratio(sizes, [int(s["annotated"].get(target, 0)) for s in sources], weights)
+            if ratio < 1.0:
+                scales[f"coann:{other}->{target}"] = scales[f"dm:{other}->{target}"] = round(float(ratio), 6)
+    return scales
