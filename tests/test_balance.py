@@ -58,3 +58,14 @@ def test_the_module_scales_the_terms_of_the_oversampled_direction(tmp_path):
     for name in a:
         factor = 0.25 if name.endswith("->au") else 1.0
         assert torch.allclose(a[name], factor * b[name]), name
+
+
+def test_dry_run_lists_the_scale_beside_the_term(tmp_path):
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.variants import loss_terms
+
+    files = write_dataset(tmp_path / "data", n_expr=20, n_au=80, n_eval=8)
+    forms = {t["name"]: t["form"] for t in loss_terms(build_experiment(resolve(raw_config(files))))}
+    assert forms["term/coann:expression->au"].endswith("x0.25 (balance)")
+    assert forms["term/dm:expression->au"].endswith("x0.25 (balance)")
+    assert "balance" not in forms["term/coann:au->expression"] + forms["term/dm:au->expression"]
