@@ -17,6 +17,9 @@ terms unchanged); 300 images without T beside 3,000 with it, sampled equally, gi
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
+
+from distmtl.data.sampler import source_weights
 
 
 def draws_ratio(sizes: Sequence[int], labelled: Sequence[int], weights: Sequence[float]) -> float:
@@ -32,13 +35,15 @@ def draws_ratio(sizes: Sequence[int], labelled: Sequence[int], weights: Sequence
     return 1.0 if f_not <= 0 else min(1.0, f_t / f_not)
 
 
-def term_scales(edges: Sequence[Mapping], sources: Sequence[Mapping], weights: Sequence[float]
-                ) -> dict[str, float]:
+def term_scales(edges: Sequence[Mapping], sources: Sequence[Mapping], sampling: Any) -> dict[str, float]:
     """``{term name: scale}`` for the coupling terms of ``edges`` whose ``balance`` is on.
 
-    ``sources``: ``[{size, annotated: {task: count}}]`` (the run's data summary); ``weights``: the
-    sampler's source shares."""
+    ``sources``: ``[{size, annotated: {task: count}}]`` (the run's data summary); ``sampling``:
+    ``data.sampling``, which gives each source's share of a batch."""
+    if not edges or not sources:
+        return {}
     sizes = [int(s["size"]) for s in sources]
+    weights = list(source_weights(sizes, sampling or "equal"))
     scales = {}
     for edge in edges:
         if not edge.get("options", {}).get("balance", True):

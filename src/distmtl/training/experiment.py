@@ -42,6 +42,11 @@ class Experiment:
     def preprocessing(self) -> Preprocessing:
         return preprocessing_from_config(self.config)
 
+    def data_summary(self) -> dict:
+        """The training sources, their sizes and annotation counts (kept with the model)."""
+        return {"sources": [{"name": s.name, "size": len(s), "annotated": s.label_counts()}
+                            for s in self.train_sources]}
+
     @property
     def augmentation(self) -> Augmentation:
         return augmentation_from_config(self.config)

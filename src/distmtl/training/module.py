@@ -18,6 +18,7 @@ from distmtl.losses.graph import EdgeConfig, RelatednessEdge, RelatednessGraph
 from distmtl.models import MultiTaskNet
 from distmtl.tasks import Task
 from distmtl.evaluation.verification import DEFAULT_PAIRS, identity_verification
+from distmtl.training.balance import term_scales
 from distmtl.training.jacobian import objective_rows
 from distmtl.weighting import create_weighting
 
@@ -79,24 +80,15 @@ class MultiTaskModule(L.LightningModule):
         self.automatic_optimization = not getattr(self.weighting, "aggregates_gradients", False)
         self.nan_skipped = 0
         self._nonfinite = None
-        self.term_scales = self._balance_scales(edges or [], data_summary)
+        # relatedness[i].balance: the scale of each coupling term (training/balance.py)
+        self.term_scales = term_scales(edges or [], (data_summary or {}).get("sources") or [],
+                                       config["data"]["sampling"])
         # one split's per-sample outputs at a time, gathered over processes once per sample
         self.eval_outputs = GatheredOutputs({t: 5 if task.kind == "identity" else 3
                                              for t, task in self.tasks.items()})
         self._eval_seen = 0
         self.last_eval_samples = 0
         self._device_augment = None
-
-    def _balance_scales(self, edges: list, data_summary: dict | None) -> dict[str, float]:
-        """``relatedness[i].balance``: the scale of each coupling term (``training.balance``)."""
-        from distmtl.data.sampler import source_weights
-        from distmtl.training.balance import term_scales
-
-        sources = (data_summary or {}).get("sources") or []
-        if not edges or not sources:
-            return {}
-        weights = source_weights([s["size"] for s in sources], self.config["data"]["sampling"] or "equal")
-        return term_scales(edges, sources, list(weights))
 
     # ----- training -----
     def forward(self, x):
@@ -205,8 +197,8 @@ class MultiTaskModule(L.LightningModule):
             outputs = self.net.apply_heads(features, id_targets, detach_heads=True)
         terms = self.graph(outputs, targets, masks, dm_scale=self.dm_scale())
         scale = self.coupling_scale()
-        return {k: scale * self.term_scales.get(k, 1.0) * v if scale != 1.0 or k in self.term_scales else v
-                for k, v in terms.items()}
+        factors = {k: scale * self.term_scales.get(k, 1.0) for k in terms}
+        return {k: v if factors[k] == 1.0 else factors[k] * v for k, v in terms.items()}
 
     def coupling_scale(self) -> float:
         """``train.coupling_schedule``: ``constant`` (1) or ``anneal``, every coupling term scaled by

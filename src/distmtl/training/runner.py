@@ -52,10 +52,8 @@ def module_from_experiment(exp: Experiment) -> MultiTaskModule:
     edges = [{"task_a": e.task_a, "task_b": e.task_b, "classes": list(e.relatedness.classes),
               "labels": list(e.relatedness.labels), "matrix": e.relatedness.matrix.tolist(),
               "prior": e.relatedness.prior.tolist(), "options": e.options} for e in exp.edges]
-    summary = {"sources": [{"name": s.name, "size": len(s), "annotated": s.label_counts()}
-                           for s in exp.train_sources]}
     config = resolve_pos_weights(exp)
-    module = MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, summary)
+    module = MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, exp.data_summary())
     for name, scale in module.term_scales.items():
         log.info("%s: scaled by %g (relatedness balance: the images it acts on are drawn more often "
                  "than the task's labelled ones)", name, scale)

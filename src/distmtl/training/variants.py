@@ -194,7 +194,5 @@ def experiment_term_scales(exp: Experiment) -> dict[str, float]:
     """The ``relatedness[i].balance`` scale of each coupling term of ``exp`` (``training.balance``)."""
     from distmtl.training.balance import term_scales
 
-    sources = [{"size": len(s), "annotated": s.label_counts()} for s in exp.train_sources]
     edges = [{"task_a": e.task_a, "task_b": e.task_b, "options": e.options} for e in exp.edges]
-    weights = source_weights([len(s) for s in exp.train_sources], exp.config["data"]["sampling"] or "equal")
-    return term_scales(edges, sources, list(weights))
+    return term_scales(edges, exp.data_summary()["sources"], exp.config["data"]["sampling"])
