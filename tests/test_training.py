@@ -131,6 +131,20 @@ def test_single_task_batch_matches_label_exposure_or_takes_full_batch(files):
     assert single_task_batch(exp, "au") == 16
 
 
+def test_single_task_runs_share_the_whole_backbone_whatever_task_stages(files):
+    from distmtl.study.compare import run_hash, variant_runs
+
+    raw = raw_config(files)
+    plain = build_experiment(resolve(raw))
+    raw["model"] = {**raw.get("model", {}), "task_stages": 1}
+    split = build_experiment(resolve(raw))
+    singles = variant_runs(split, "single")
+    assert [r[1].config["model"]["task_stages"] for r in singles] == [0, 0]
+    assert [run_hash(r[1], 0) for r in singles] == [run_hash(r[1], 0) for r in variant_runs(plain, "single")]
+    (_, mtl, _), = variant_runs(split, "mtl")
+    assert mtl.config["model"]["task_stages"] == 1
+
+
 def test_pos_weight_auto_is_negatives_over_positives_of_annotated_entries(files):
     from distmtl.training.runner import resolve_pos_weights
 

@@ -85,6 +85,9 @@ def variant_runs(exp: Experiment, variant: str, key: str = "compare.variants"
             evals = {k: restrict(s, [t]) for k, s in exp.eval_sources.items()}
             run_cfg = copy.deepcopy(cfg)
             run_cfg["data"]["batch_size"] = single_task_batch(exp, t)
+            # one task has nothing to split: its own last stages are the backbone's, so the
+            # single-task baseline is the same network (and the same run) whatever task_stages is
+            run_cfg["model"]["task_stages"] = 0
             if isinstance(run_cfg["data"]["sampling"], list):
                 weights = run_cfg["data"]["sampling"]
                 run_cfg["data"]["sampling"] = [w for w, s in zip(weights, exp.train_sources)
