@@ -145,6 +145,19 @@ def test_single_task_runs_share_the_whole_backbone_whatever_task_stages(files):
     assert mtl.config["model"]["task_stages"] == 1
 
 
+def test_parallel_compare_starts_the_longest_runs_first(files, tmp_path):
+    from distmtl.study.compare import variant_runs
+    from distmtl.study.parallel import PlannedRun, expected_cost, longest_first
+
+    exp = build_experiment(resolve(raw_config(files)), with_oracle=True)
+    runs = [PlannedRun(v, name, 0, rep, e, tmp_path / name, "h")
+            for v in ("single", "mtl", "coann", "coann+dm", "oracle") for name, e, rep in variant_runs(exp, v)]
+    assert [r.name for r in runs][:2] == ["single/expression", "single/au"]
+    assert [expected_cost(r) for r in runs] == [(1, 0), (1, 0), (2, 0), (2, 1), (2, 3), (2, 0)]
+    assert [r.name for r in longest_first(runs)] == ["coann+dm", "coann", "mtl", "oracle",
+                                                     "single/expression", "single/au"]
+
+
 def test_pos_weight_auto_is_negatives_over_positives_of_annotated_entries(files):
     from distmtl.training.runner import resolve_pos_weights
 
