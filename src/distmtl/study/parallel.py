@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from distmtl.config.loading import COUPLING_TERMS
 from distmtl.errors import DistmtlError
 from distmtl.io import atomic_write_text
 from distmtl.training.experiment import Experiment
@@ -125,8 +126,7 @@ def starting_line(done: int, total: int, run: PlannedRun, elapsed: float) -> str
 def expected_cost(run: PlannedRun) -> tuple[int, int]:
     """How long a run is expected to take, for ordering only: its number of tasks, then its
     number of coupling terms (a multi-task, coupled run costs most per step)."""
-    terms = sum(bool(e.options[t].get("enabled")) for e in (run.exp.edges or [])
-                for t in ("coannotation", "dm_a_to_b", "dm_b_to_a") if t in e.options)
+    terms = sum(bool(e.options[t]["enabled"]) for e in run.exp.edges for t in COUPLING_TERMS)
     return len(run.exp.tasks), terms
 
 
