@@ -251,11 +251,19 @@ class MultiTaskModule(L.LightningModule):
             self.nan_skipped += 1
             self.log("train/nan_skipped", float(self.nan_skipped))
             return None
-        bs = batch["image"].shape[0]
-        self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
-        self.log_dict(logged, batch_size=bs)
-        self.log_dict({f"weight/{t}": float(v) for t, v in self.weighting.weights.items()}, batch_size=bs)
+        if self._writes_logs():
+            bs = batch["image"].shape[0]
+            self.log("train/loss", total.detach(), prog_bar=True, batch_size=bs)
+            self.log_dict(logged, batch_size=bs)
+            self.log_dict({f"weight/{t}": float(v) for t, v in self.weighting.weights.items()}, batch_size=bs)
         return total
+
+    def _writes_logs(self) -> bool:
+        """Whether the logger writes this step's values. Lightning keeps only those (on_step,
+        not on_epoch), but each ``self.log`` costs its bookkeeping either way: about 6% of a
+        small model's step on CPU."""
+        trainer = self._trainer
+        return trainer is None or trainer._logger_connector.should_update_logs
 
     def on_train_epoch_end(self):
         self.weighting.on_train_epoch_end()
@@ -343,10 +351,12 @@ class MultiTaskModule(L.LightningModule):
         if self.weighting.owns_optimizer:
             private = {id(p) for p in self.weighting.parameters()}
         params = [p for p in self.parameters() if id(p) not in private and p.requires_grad]
+        # foreach: one kernel per operation over all parameters (PyTorch's choice on CUDA, not on
+        # CPU, where the per-tensor loop cost 5% of a small model's step); the same numbers
         if o["name"] == "adamw":
-            opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"])
+            opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=o["weight_decay"], foreach=True)
         elif o["name"] == "sgd":
-            opt = torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["weight_decay"])
+            opt = torch.optim.SGD(params, lr=o["lr"], momentum=0.9, weight_decay=o["weight_decay"], foreach=True)
         else:
             raise DistmtlError(f"optim.name: unknown optimiser '{o['name']}' (adamw or sgd)")
         total = max(1, int(self.config["train"]["max_steps"]))
