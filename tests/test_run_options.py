@@ -172,3 +172,16 @@ def test_an_optional_logger_that_is_not_installed_is_one_line(name):
     else:
         with pytest.raises(DistmtlError, match=rf"train.loggers\[0\]: {name} is not installed \(pip install {name}\)"):
             _resolve(train={"loggers": [name]})
+
+
+def test_time_left_counts_the_runs_in_flight_and_the_parallel_slots():
+    from distmtl.study.parallel import time_left
+
+    # the demo's first report, 2 at a time: one run done in 326 s, its neighbour running as long,
+    # three queued. The old estimate (elapsed per finished run x runs left) said 1305 s.
+    assert time_left([326.0], [326.0], queued=3, jobs=2) == pytest.approx(3 * 326 / 2)
+    # a run in flight is counted for what it has left of the mean, never below nothing
+    assert time_left([100.0, 200.0], [50.0, 400.0], queued=0, jobs=2) == pytest.approx(100 / 2)
+    # fewer runs than slots: the last one alone sets the time
+    assert time_left([100.0], [40.0], queued=0, jobs=4) == pytest.approx(60.0)
+    assert time_left([], [10.0], queued=5, jobs=2) == 0.0

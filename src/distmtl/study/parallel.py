@@ -104,9 +104,21 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 60}:{seconds % 60:02d}"
 
 
-def _report(done: int, total: int, run: PlannedRun, started: float, how: str) -> None:
+def time_left(durations: list[float], running: list[float], queued: int, jobs: int) -> float:
+    """Seconds until the last run ends, ``jobs`` at a time: each run still queued is expected to
+    take the mean duration of the finished ones, each running one that mean less the time it has
+    already run (never below 0)."""
+    if not durations:
+        return 0.0
+    mean = sum(durations) / len(durations)
+    work = mean * queued + sum(max(0.0, mean - r) for r in running)
+    return work / max(1, min(jobs, queued + len(running)))
+
+
+def _report(done: int, total: int, run: PlannedRun, started: float, how: str, left: float | None = None) -> None:
     elapsed = time.perf_counter() - started
-    left = elapsed / done * (total - done) if done else 0.0
+    if left is None:
+        left = elapsed / done * (total - done) if done else 0.0
     steps = (run.metrics or {}).get("steps")
     stopped = (run.metrics or {}).get("stopped")
     ended = f", {steps} steps ({stopped})" if steps is not None else ""
@@ -150,13 +162,23 @@ def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None =
     context = multiprocessing.get_context("spawn")  # no forked copies of torch's thread pools
     with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_start_worker,
                              initargs=(threads,)) as pool:
+        order = longest_first(runs)
         pending = {pool.submit(train_one, r.exp, r.run_dir, r.expected_hash, r.variant, r.seed, False): r
-                   for r in longest_first(runs)}
+                   for r in order}
+        # the pool starts runs in submission order as workers free up: the first `jobs` at once
+        begun = {id(r): started for r in order[:jobs]}
+        durations: list[float] = []
         done = 0
         while pending:
             finished, _ = wait(pending, return_when=FIRST_COMPLETED)
+            now = time.perf_counter()
             for future in finished:
                 run = pending.pop(future)
+                durations.append(now - begun.pop(id(run), started))
+                unfinished = {id(r) for r in pending.values()}
+                waiting = [r for r in order if id(r) in unfinished and id(r) not in begun]
+                if waiting:
+                    begun[id(waiting[0])] = now
                 try:
                     run.metrics = future.result()
                 except DistmtlError:
@@ -168,4 +190,7 @@ def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None =
                                        f"process ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                                        ) from exc
                 done += 1
-                _report(done, len(runs), run, started, f"trained ({jobs} at a time, {threads} thread(s) each)")
+                queued = sum(1 for r in pending.values() if id(r) not in begun)
+                left = time_left(durations, [now - begun[id(r)] for r in pending.values() if id(r) in begun],
+                                 queued, jobs)
+                _report(done, len(runs), run, started, f"trained ({jobs} at a time, {threads} thread(s) each)", left)
