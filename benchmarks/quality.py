@@ -56,12 +56,6 @@ DIGITS_CONFIG = "configs/digits.yaml"
 CONVERGED: list[str] = []
 EQUAL_BUDGET = ["data.image_size=48", "train.until=steps", "train.max_steps=450", "train.val_every_steps=150",
                 "train.checkpoint_every_steps=450", "train.dm_ramp_steps=150"]
-# the plateau is counted from half the schedule, where the cosine rate is down to half its peak
-# (before that, config.loading.early_plateau_warning: a plateau found there is often temporary);
-# validation on 2,000 of the 5,000 images: all of them, every 100 steps, cost 1/5 to 1/3 of a run
-FASHION_CONVERGED = ["train.until=plateau", "train.max_steps=2000", "train.min_steps=1000", "train.patience_steps=400",
-                     "train.min_delta=0.003", "train.val_every_steps=100", "train.checkpoint_every_steps=1000",
-                     "data.val.options.subset=[0,2000]"]
 FASHION = "data.sources.{i}.options.subset=[{lo},{hi}]"
 FASHION_REGIMES = {  # name: (label, category images, attribute images)
     "fashion_scarce_categories": ("Fashion-MNIST, scarce categories (300 + 10,000)", (0, 300), (300, 10300)),
@@ -161,7 +155,7 @@ def plan(parts: list[str], paths: dict[str, str], quick: bool, until: str = "pla
     variants = QUICK_VARIANTS if quick else ALL_VARIANTS
     groups: dict[str, list[Study]] = {}
     if "fashion" in parts:
-        extra = FASHION_CONVERGED if until == "plateau" else []
+        extra = [] if until == "plateau" else ["train.until=steps", "train.max_steps=450"]
         groups["fashion"] = [disjoint_regime(n, label, FASHION_CONFIG, a, b, extra, variants)
                              for n, (label, a, b) in FASHION_REGIMES.items()]
     if "digits" in parts:

@@ -89,7 +89,7 @@ def test_fashion_mnist_config_dry_run(capsys, fashion_root):
     # Disjoint images, disjoint annotations: 1,500 with the category only, 10,000 with attributes only.
     assert lines["source categories"] == "1500 images (category=1500)"
     assert lines["source attributes"] == "10000 images (attributes=10000)"
-    assert lines["val"] == "5000 images" and lines["test"] == "5000 images"
+    assert lines["val"] == "2000 images" and lines["test"] == "5000 images"  # val: 2,000 of its half
     assert lines["relatedness category -> attributes"] == "fashion_attributes 10x14"
 
 
