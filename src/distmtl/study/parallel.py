@@ -165,8 +165,10 @@ def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None =
         order = longest_first(runs)
         pending = {pool.submit(train_one, r.exp, r.run_dir, r.expected_hash, r.variant, r.seed, False): r
                    for r in order}
-        # the pool starts runs in submission order as workers free up: the first `jobs` at once
-        begun = {id(r): started for r in order[:jobs]}
+        # the pool starts runs in submission order as workers free up: the first `jobs` at once,
+        # then the next one each time a run ends; `running` holds the start times of the unfinished
+        running = {id(r): started for r in order[:jobs]}
+        next_start = min(jobs, len(order))
         durations: list[float] = []
         done = 0
         while pending:
@@ -174,11 +176,10 @@ def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None =
             now = time.perf_counter()
             for future in finished:
                 run = pending.pop(future)
-                durations.append(now - begun.pop(id(run), started))
-                unfinished = {id(r) for r in pending.values()}
-                waiting = [r for r in order if id(r) in unfinished and id(r) not in begun]
-                if waiting:
-                    begun[id(waiting[0])] = now
+                durations.append(now - running.pop(id(run), started))
+                if next_start < len(order):
+                    running[id(order[next_start])] = now
+                    next_start += 1
                 try:
                     run.metrics = future.result()
                 except DistmtlError:
@@ -190,7 +191,5 @@ def train_runs(runs: list[PlannedRun], *, jobs: int = 1, progress: bool | None =
                                        f"process ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
                                        ) from exc
                 done += 1
-                queued = sum(1 for r in pending.values() if id(r) not in begun)
-                left = time_left(durations, [now - begun[id(r)] for r in pending.values() if id(r) in begun],
-                                 queued, jobs)
+                left = time_left(durations, [now - t for t in running.values()], len(order) - next_start, jobs)
                 _report(done, len(runs), run, started, f"trained ({jobs} at a time, {threads} thread(s) each)", left)
