@@ -69,3 +69,49 @@ def test_dry_run_lists_the_scale_beside_the_term(tmp_path):
     assert forms["term/coann:expression->au"].endswith("x0.25 (balance)")
     assert forms["term/dm:expression->au"].endswith("x0.25 (balance)")
     assert "balance" not in forms["term/coann:au->expression"] + forms["term/dm:au->expression"]
+
+
+def _edge(lift: bool, weight: float = 0.1) -> dict:
+    return {"task_a": "expression", "task_b": "au",
+            "options": {"lift_scarce": lift, "dm_a_to_b": {"weight": weight}, "dm_b_to_a": {"weight": weight}}}
+
+
+SCARCE_EXPRESSIONS = [{"size": 300, "annotated": {"expression": 300, "au": 0}},
+                      {"size": 3000, "annotated": {"expression": 0, "au": 3000}}]
+
+
+def test_lift_scarce_raises_only_dm_towards_the_task_with_few_labels():
+    # expression images drawn 10x as often as the AU images that lack expressions: DM towards the
+    # expressions goes from 0.1 to 0.1 x 10 = 1; co-annotation and the other direction as before
+    assert term_scales([_edge(True)], SCARCE_EXPRESSIONS, [0.5, 0.5]) == {
+        "coann:expression->au": 0.1, "dm:expression->au": 0.1, "dm:au->expression": 10.0}
+    assert term_scales([_edge(False)], SCARCE_EXPRESSIONS, [0.5, 0.5]) == {
+        "coann:expression->au": 0.1, "dm:expression->au": 0.1}
+
+
+@pytest.mark.parametrize("weight, expected", [(0.3, 1 / 0.3), (0.05, 10.0), (1.0, None), (0.0, None)])
+def test_lift_scarce_never_takes_a_term_above_weight_one(weight, expected):
+    scales = term_scales([_edge(True, weight)], SCARCE_EXPRESSIONS, [0.5, 0.5])
+    assert scales.get("dm:au->expression") == (None if expected is None else pytest.approx(expected, rel=1e-5))
+    if expected is not None:
+        assert weight * scales["dm:au->expression"] <= 1.0 + 1e-6
+
+
+def test_lift_scarce_changes_nothing_for_balanced_sources():
+    balanced = [{"size": 3000, "annotated": {"expression": 3000, "au": 0}},
+                {"size": 3000, "annotated": {"expression": 0, "au": 3000}}]
+    assert term_scales([_edge(True)], balanced, [0.5, 0.5]) == {}
+
+
+def test_the_module_lifts_the_dm_term_towards_the_scarce_task(tmp_path):
+    from distmtl.training.experiment import build_experiment
+    from distmtl.training.runner import module_from_experiment
+
+    files = write_dataset(tmp_path / "data", n_expr=20, n_au=80, n_eval=8)
+    raw = raw_config(files)
+    raw["relatedness"][0]["lift_scarce"] = True
+    module = module_from_experiment(build_experiment(resolve(raw)))
+    # 20 expression images drawn as often as 80 AU images: each 4x as often, so DM towards the
+    # expressions is multiplied by 4 (0.1 -> 0.4)
+    assert module.term_scales["dm:au->expression"] == pytest.approx(4.0)
+    assert "coann:au->expression" not in module.term_scales

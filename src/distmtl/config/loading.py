@@ -90,6 +90,7 @@ EDGE_DEFAULTS: dict[str, Any] = {
     "table": ANY,  # builtin name, CSV path, or {estimate: source_name, alpha: 1}
     "eps": 0.05,
     "balance": True,  # coupling towards a task weighs a pseudo-labelled image as one labelled one (training/balance.py)
+    "lift_scarce": False,  # DM towards a task with few, oversampled labelled images raised (training/balance.py)
     "coannotation": {"enabled": ANY, "variant": "soft", "weight": 1.0, "a_to_b": True,
                      "b_to_a": True, "temperature": 1.0, "threshold": 1.0, "hard_targets": "positive"},
     "dm_a_to_b": dict(MATCHING_DEFAULTS),

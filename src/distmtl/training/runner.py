@@ -55,8 +55,12 @@ def module_from_experiment(exp: Experiment) -> MultiTaskModule:
     config = resolve_pos_weights(exp)
     module = MultiTaskModule(config, {n: t.to_dict() for n, t in exp.tasks.items()}, edges, exp.data_summary())
     for name, scale in module.term_scales.items():
-        log.info("%s: scaled by %g (relatedness balance: the images it acts on are drawn more often "
-                 "than the task's labelled ones)", name, scale)
+        if scale < 1:
+            log.info("%s: scaled by %g (relatedness balance: the images it acts on are drawn more often "
+                     "than the task's labelled ones)", name, scale)
+        else:
+            log.info("%s: scaled by %g (relatedness lift_scarce: the task's labelled images are drawn "
+                     "more often than the images it acts on)", name, scale)
     return module
 
 

@@ -189,7 +189,7 @@ def loss_terms(exp: Experiment) -> list[dict[str, Any]]:
     for term in terms:
         scale = scales.get(term["name"].removeprefix("term/"))
         if scale is not None:
-            term["form"] += f", x{scale:g} (balance)"
+            term["form"] += f", x{scale:g} ({'balance' if scale < 1 else 'lift_scarce'})"
     return terms
 
 
