@@ -1,13 +1,13 @@
 """Why distribution matching alone can hurt: a small, fast study of DM's variants on one regime.
 
-Every candidate is the ``dm`` variant (no co-annotation) with one change; single-task and plain
-MTL are the references. Candidates are ranked on the VALIDATION split only (mean over seeds of
+Every candidate is the ``dm`` variant (no co-annotation) with one change, or ``+both`` where its
+label says so; single-task and plain MTL (``--no-mtl``: single-task only) are the references. Candidates are ranked on the VALIDATION split only (mean over seeds of
 each task's primary metric, and the worst task's difference from single-task); the test split is
 reported beside, never used to choose.
 
     python benchmarks/dm_study.py                                  # digits, scarce digits, 3 seeds
     python benchmarks/dm_study.py --regime digits_scarce_attributes
-    python benchmarks/dm_study.py --regime synthfacs_c --set data.image_size=32   # SynthFACS (c)
+    python benchmarks/dm_study.py --regime synthfacs_b --no-mtl --parts dm dm_lift both both_lift
 
 Writes ``<out>/dm_study.md`` with the validation and test tables.
 """
@@ -24,8 +24,14 @@ from harness import REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs
 import quality
 
 REL = "relatedness.0"
-CANDIDATES = {  # name: (label, overrides on the dm variant)
+CANDIDATES = {  # name: (label, overrides[, variant]); the variant is dm unless named
     "dm": ("DM, both directions (default)", []),
+    "dm_lift": ("DM, lift_scarce", [f"{REL}.lift_scarce=true"]),
+    "dm_unbalanced": ("DM, balance off", [f"{REL}.balance=false"]),
+    "dm_unbalanced_lift": ("DM, balance off, lift_scarce", [f"{REL}.balance=false", f"{REL}.lift_scarce=true"]),
+    "dm_smooth_expression": ("DM, expression label_smoothing 0.1", ["losses.expression.label_smoothing=0.1"]),
+    "both": ("+both (default)", [], "coann+dm"),
+    "both_lift": ("+both, lift_scarce", [f"{REL}.lift_scarce=true"], "coann+dm"),
     "dm_a_to_b": ("DM A->B only", [f"{REL}.dm_b_to_a.weight=0"]),
     "dm_b_to_a": ("DM B->A only", [f"{REL}.dm_a_to_b.weight=0"]),
     "dm_unlabelled": ("DM on samples lacking the other task", [f"{REL}.dm_a_to_b.only_unlabelled=true",
@@ -39,17 +45,22 @@ CANDIDATES = {  # name: (label, overrides on the dm variant)
 }
 
 
+def variant_of(name: str) -> str:
+    return CANDIDATES[name][2] if len(CANDIDATES[name]) > 2 else "dm"
+
+
 def regime_study(regime: str, paths: dict[str, str]) -> Study:
     if regime in quality.DIGITS_REGIMES:
         label, a, b = quality.DIGITS_REGIMES[regime]
         return quality.disjoint_regime(regime, label, quality.DIGITS_CONFIG, a, b, [], [])
     if regime in quality.FASHION_REGIMES:
         label, a, b = quality.FASHION_REGIMES[regime]
-        return quality.disjoint_regime(regime, label, quality.FASHION_CONFIG, a, b, quality.FASHION_CONVERGED, [])
-    if regime == "synthfacs_c":
+        return quality.disjoint_regime(regime, label, quality.FASHION_CONFIG, a, b, [], [])
+    if regime in ("synthfacs_b", "synthfacs_c"):
+        r = regime[-1]
         return Study(regime, quality.CONFIG, [], quality.CONVERGED + [
-            f"data.sources.0.csv={paths['expr_c']}", f"data.sources.1.csv={paths['au_c']}",
-            f"data.oracle={paths['oracle_c']}"], "SynthFACS (c) scarce AUs")
+            f"data.sources.0.csv={paths[f'expr_{r}']}", f"data.sources.1.csv={paths[f'au_{r}']}",
+            f"data.oracle={paths[f'oracle_{r}']}"], f"SynthFACS ({r}) scarce {'expressions' if r == 'b' else 'AUs'}")
     raise SystemExit(f"unknown regime '{regime}'")
 
 
@@ -87,24 +98,26 @@ def main(argv=None) -> int:
     p = study_arguments(__doc__, "runs/dm_study", list(CANDIDATES))
     p.add_argument("--regime", default="digits_scarce_digits",
                    help="digits_scarce_digits | digits_scarce_attributes | fashion_scarce_categories | "
-                        "fashion_scarce_attributes | synthfacs_c")
+                        "fashion_scarce_attributes | synthfacs_b | synthfacs_c")
+    p.add_argument("--no-mtl", dest="mtl", action="store_false", help="leave plain MTL out of the references")
     args = p.parse_args(argv)
     command = shown_command("dm_study.py", argv or sys.argv[1:])
     out = (REPO / args.out).resolve()
     paths = {}
-    if args.regime == "synthfacs_c":
+    if args.regime.startswith("synthfacs_"):
         data = (REPO / args.data).resolve()
         ensure_synthfacs(data)
         paths = quality.derive_data(data)
     base = regime_study(args.regime, paths)
-    studies = [Study(f"{args.regime}_reference", base.config, ["single", "mtl"], base.overrides)]
-    studies += [Study(f"{args.regime}_{name}", base.config, ["dm"], base.overrides + CANDIDATES[name][1])
+    references = ["single", "mtl"] if args.mtl else ["single"]
+    studies = [Study(f"{args.regime}_reference", base.config, references, base.overrides)]
+    studies += [Study(f"{args.regime}_{name}", base.config, [variant_of(name)], base.overrides + CANDIDATES[name][1])
                 for name in args.parts]
     seeds = list(range(args.seeds))
     extra = ["data.num_workers=0", *args.set]
     failures = [] if args.report_only else run_jobs(studies, out, seeds, args.jobs, extra)
-    rows = [("single-task", studies[0], "single"), ("plain MTL", studies[0], "mtl")]
-    rows += [(CANDIDATES[name][0], s, "dm") for name, s in zip(args.parts, studies[1:])]
+    rows = [("single-task", studies[0], "single")] + ([("plain MTL", studies[0], "mtl")] if args.mtl else [])
+    rows += [(CANDIDATES[name][0], s, variant_of(name)) for name, s in zip(args.parts, studies[1:])]
     text = [f"# Distribution matching alone: {base.label}", "", f"command: `{command}`", "",
             machine_for(out, extra, not args.report_only), f"seeds: {', '.join(map(str, seeds))}", "",
             "## Validation (candidates are chosen on this)", "", table(out, rows, "val"), "",

@@ -64,3 +64,18 @@ def test_fashion_regimes_resolve_to_scarce_and_plentiful_sources():
                                with_oracle=True)
         assert [len(s) for s in exp.train_sources] == expected[study.name] and len(exp.oracle) == 10300
         assert exp.config["train"]["until"] == "plateau"
+
+
+def test_every_regime_of_the_dm_study_resolves_to_the_quality_benchmarks_sources():
+    import dm_study
+
+    paths = {f"{k}_{r}": "x.csv" for k in ("expr", "au", "oracle") for r in "bc"}
+    planned = {s.name: s for studies in quality.plan(["regimes", "fashion", "digits"], paths, quick=False).values()
+               for s in studies}
+    same_as = {"synthfacs_b": "regime_b", "synthfacs_c": "regime_c"}
+    for regime in [*quality.DIGITS_REGIMES, *quality.FASHION_REGIMES, "synthfacs_b", "synthfacs_c"]:
+        study = dm_study.regime_study(regime, paths)
+        reference = planned[same_as.get(regime, regime)]
+        assert (study.config, study.overrides) == (reference.config, reference.overrides), regime
+    for name in dm_study.CANDIDATES:
+        assert dm_study.variant_of(name) in ("dm", "coann+dm"), name
