@@ -1,9 +1,10 @@
 """Why distribution matching alone can hurt: a small, fast study of DM's variants on one regime.
 
 Every candidate is the ``dm`` variant (no co-annotation) with one change, or ``+both`` where its
-label says so; single-task and plain MTL (``--no-mtl``: single-task only) are the references. Candidates are ranked on the VALIDATION split only (mean over seeds of
-each task's primary metric, and the worst task's difference from single-task); the test split is
-reported beside, never used to choose.
+label says so; single-task and plain MTL (``--no-mtl``: single-task only) are the references.
+Candidates are ranked on the VALIDATION split only (mean over seeds of each task's primary
+metric, and the worst task's difference from single-task); the test split is reported beside,
+never used to choose.
 
     python benchmarks/dm_study.py                                  # digits, scarce digits, 3 seeds
     python benchmarks/dm_study.py --regime digits_scarce_attributes
