@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from distmtl.config.loading import MATCHING_DEFAULTS
 from distmtl.data.sampler import source_weights
 
 
@@ -66,7 +67,8 @@ def term_scales(edges: Sequence[Mapping], sources: Sequence[Mapping], sampling: 
                                 cap=False)
             if down and ratio < 1.0:
                 scales[f"coann:{other}->{target}"] = scales[f"dm:{other}->{target}"] = round(float(ratio), 6)
-            weight = float((options.get(direction) or {}).get("weight", 0.1))
-            if up and ratio > 1.0 and 0.0 < weight < 1.0:
-                scales[f"dm:{other}->{target}"] = round(float(min(ratio, 1.0 / weight)), 6)
+            if up and ratio > 1.0:
+                weight = float((options.get(direction) or {}).get("weight", MATCHING_DEFAULTS["weight"]))
+                if 0.0 < weight < 1.0:
+                    scales[f"dm:{other}->{target}"] = round(float(min(ratio, 1.0 / weight)), 6)
     return scales
