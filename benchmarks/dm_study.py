@@ -10,7 +10,8 @@ never used to choose.
     python benchmarks/dm_study.py --regime digits_scarce_attributes
     python benchmarks/dm_study.py --regime synthfacs_b --no-mtl --parts dm dm_lift both both_lift
 
-Writes ``<out>/dm_study.md`` with the validation and test tables.
+Writes ``<out>/dm_study.md`` with the validation and test tables, and ``<out>/scores.csv`` with
+every run's scores per seed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from harness import REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, shown_command, study_arguments
+from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, seed_list, shown_command,
+                     study_arguments)
 
 import quality
 
@@ -51,30 +53,45 @@ def variant_of(name: str) -> str:
 
 
 def regime_study(regime: str, paths: dict[str, str]) -> Study:
-    if regime in quality.DIGITS_REGIMES:
-        label, a, b = quality.DIGITS_REGIMES[regime]
-        return quality.disjoint_regime(regime, label, quality.DIGITS_CONFIG, a, b, [], [])
-    if regime in quality.FASHION_REGIMES:
-        label, a, b = quality.FASHION_REGIMES[regime]
-        return quality.disjoint_regime(regime, label, quality.FASHION_CONFIG, a, b, [], [])
-    if regime in ("synthfacs_b", "synthfacs_c"):
-        r = regime[-1]
-        return Study(regime, quality.CONFIG, [], quality.CONVERGED + [
-            f"data.sources.0.csv={paths[f'expr_{r}']}", f"data.sources.1.csv={paths[f'au_{r}']}",
-            f"data.oracle={paths[f'oracle_{r}']}"], f"SynthFACS ({r}) scarce {'expressions' if r == 'b' else 'AUs'}")
-    raise SystemExit(f"unknown regime '{regime}'")
+    """The regime's sources and overrides, looked up in the quality benchmark's own plan."""
+    part = "digits" if regime in quality.DIGITS_REGIMES else "fashion" if regime in quality.FASHION_REGIMES else (
+        "regimes" if regime in ("synthfacs_b", "synthfacs_c") else None)
+    if part is None:
+        raise SystemExit(f"unknown regime '{regime}'")
+    name = f"regime_{regime[-1]}" if part == "regimes" else regime
+    study = next(s for s in quality.plan([part], paths, False)[part] if s.name == name)
+    return Study(regime, study.config, [], study.overrides, study.label)
 
 
-def split_scores(out: Path, study: Study, variant: str, split: str) -> dict[str, list[float]]:
-    """'task metric' -> value per seed on ``split`` (each task's primary metric, and mean average
-    precision for a multilabel task), from each run's metrics.json."""
-    scores: dict[str, list[float]] = {}
+def seed_scores(out: Path, study: Study, variant: str, split: str) -> list[tuple[str, str, float]]:
+    """(seed directory, 'task metric', value) on ``split`` (each task's primary metric, and mean
+    average precision for a multilabel task), from each run's metrics.json."""
+    found = []
     for path in sorted((out / study.name).glob(f"seed*/runs/{variant}*/seed*/metrics.json")):
         for task, values in (json.loads(path.read_text()).get(split) or {}).items():
             for name in ("macro_f1", "mean_f1", "mean_ap"):
                 if values.get(name) is not None:
-                    scores.setdefault(f"{task} {name}", []).append(float(values[name]))
+                    found.append((path.relative_to(out / study.name).parts[0], f"{task} {name}", float(values[name])))
+    return found
+
+
+def split_scores(out: Path, study: Study, variant: str, split: str) -> dict[str, list[float]]:
+    """'task metric' -> value per seed on ``split``."""
+    scores: dict[str, list[float]] = {}
+    for _, key, value in seed_scores(out, study, variant, split):
+        scores.setdefault(key, []).append(value)
     return scores
+
+
+def write_seed_scores(path: Path, out: Path, studies: list[tuple[str, Study, str]]) -> None:
+    """Every run's scores, one row per seed, split and metric, so that seeds added later with
+    ``--first-seed`` can be pooled with these."""
+    lines = ["candidate,split,seed,metric,value"]
+    for label, study, variant in studies:
+        for split in ("val", "test"):
+            lines += [f'"{label}",{split},{seed},{key},{value:.6f}'
+                      for seed, key, value in seed_scores(out, study, variant, split)]
+    path.write_text("\n".join(lines) + "\n")
 
 
 def table(out: Path, studies: list[tuple[str, Study, str]], split: str) -> str:
@@ -114,7 +131,7 @@ def main(argv=None) -> int:
     studies = [Study(f"{args.regime}_reference", base.config, references, base.overrides)]
     studies += [Study(f"{args.regime}_{name}", base.config, [variant_of(name)], base.overrides + CANDIDATES[name][1])
                 for name in args.parts]
-    seeds = list(range(args.seeds))
+    seeds = seed_list(args)
     extra = ["data.num_workers=0", *args.set]
     failures = [] if args.report_only else run_jobs(studies, out, seeds, args.jobs, extra)
     rows = [("single-task", studies[0], "single")] + ([("plain MTL", studies[0], "mtl")] if args.mtl else [])
@@ -125,6 +142,7 @@ def main(argv=None) -> int:
             "## Test (reported only)", "", table(out, rows, "test"), ""]
     path = out / "dm_study.md"
     path.write_text("\n".join(text) + "\n")
+    write_seed_scores(out / "scores.csv", out, rows)
     return finish(path, failures)
 
 

@@ -170,11 +170,17 @@ def study_arguments(doc: str, out: str, parts: list[str]) -> argparse.ArgumentPa
     p.add_argument("--data", default="data/synthfacs", help="SynthFACS demo preset (generated if missing)")
     p.add_argument("--out", default=out)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0,
+                   help="seeds first-seed .. first-seed + seeds - 1 (to add seeds to an earlier run)")
     p.add_argument("--jobs", type=int, default=1, help="compare subprocesses at once (one thread each)")
     p.add_argument("--parts", nargs="+", default=list(parts), choices=list(parts))
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every run")
     p.add_argument("--report-only", action="store_true", help="collate finished runs, train nothing")
     return p
+
+
+def seed_list(args: argparse.Namespace) -> list[int]:
+    return list(range(args.first_seed, args.first_seed + args.seeds))
 
 
 def shown_command(script: str, argv: list[str]) -> str:

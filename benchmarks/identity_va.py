@@ -19,8 +19,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, shown_command, study_arguments,
-                     study_records, summary_markdown)
+from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, seed_list, shown_command,
+                     study_arguments, study_records, summary_markdown)
 
 from distmtl.training.curves import plot_weight_runs, read_log
 from distmtl.evaluation.metrics import abaw_mtl_score
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     data, out = REPO / args.data, (REPO / args.out).resolve()
     ensure_synthfacs(data)
     groups = plan(args.parts)
-    seeds = list(range(args.seeds))
+    seeds = seed_list(args)
     extra = ["data.num_workers=0", *args.set]
     failures = [] if args.report_only else run_jobs(
         [s for studies in groups.values() for s in studies], out, seeds, args.jobs, extra)

@@ -40,8 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, shown_command, study_arguments,
-                     study_records, summary_markdown)
+from harness import (REPO, Study, ensure_synthfacs, finish, machine_for, run_jobs, seed_list, shown_command,
+                     study_arguments, study_records, summary_markdown)
 
 from distmtl.training.curves import plot_weight_runs, read_log
 from distmtl.relatedness.table import Relatedness
@@ -257,7 +257,7 @@ def main(argv=None) -> int:
     command = shown_command("quality.py", argv or sys.argv[1:])
     data, out = (REPO / args.data).resolve(), (REPO / args.out).resolve()
     parts = ["regimes"] if args.quick else args.parts
-    seeds = [0] if args.quick else list(range(args.seeds))
+    seeds = [0] if args.quick else seed_list(args)
     ensure_synthfacs(data)
     paths = derive_data(data)
     groups = plan(sorted(set(parts) | {"regimes"}) if not args.quick else parts, paths, args.quick, args.until)

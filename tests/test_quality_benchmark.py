@@ -79,3 +79,30 @@ def test_every_regime_of_the_dm_study_resolves_to_the_quality_benchmarks_sources
         assert (study.config, study.overrides) == (reference.config, reference.overrides), regime
     for name in dm_study.CANDIDATES:
         assert dm_study.variant_of(name) in ("dm", "coann+dm"), name
+
+
+def test_first_seed_adds_seeds_after_an_earlier_run():
+    from harness import seed_list, study_arguments
+
+    parser = study_arguments("", "runs/x", ["a"])
+    assert seed_list(parser.parse_args([])) == [0, 1, 2]
+    assert seed_list(parser.parse_args(["--seeds", "2", "--first-seed", "1"])) == [1, 2]
+
+
+def test_the_dm_study_writes_every_seeds_scores(tmp_path):
+    import json
+
+    import dm_study
+
+    study = Study("r_dm", "configs/digits.yaml", ["dm"], [])
+    for seed, score in ((1, 0.5), (2, 0.75)):
+        run = tmp_path / "r_dm" / f"seed{seed}" / "runs" / "dm" / f"seed{seed}"
+        run.mkdir(parents=True)
+        (run / "metrics.json").write_text(json.dumps({"val": {"digit": {"macro_f1": score}},
+                                                      "test": {"digit": {"macro_f1": score / 2}}}))
+    dm_study.write_seed_scores(tmp_path / "scores.csv", tmp_path, [("DM", study, "dm")])
+    rows = (tmp_path / "scores.csv").read_text().splitlines()
+    assert rows[0] == "candidate,split,seed,metric,value"
+    assert sorted(rows[1:]) == sorted(['"DM",val,seed1,digit macro_f1,0.500000', '"DM",val,seed2,digit macro_f1,0.750000',
+                                       '"DM",test,seed1,digit macro_f1,0.250000',
+                                       '"DM",test,seed2,digit macro_f1,0.375000'])
