@@ -16,6 +16,7 @@ every run's scores per seed.
 
 from __future__ import annotations
 
+import csv
 import json
 import sys
 from pathlib import Path
@@ -95,7 +96,12 @@ def write_seed_scores(path: Path, out: Path, studies: list[tuple[str, Study, str
 
 
 def table(out: Path, studies: list[tuple[str, Study, str]], split: str) -> str:
-    rows = {label: split_scores(out, study, variant, split) for label, study, variant in studies}
+    return score_table({label: split_scores(out, study, variant, split) for label, study, variant in studies})
+
+
+def score_table(rows: dict[str, dict[str, list[float]]]) -> str:
+    """candidate -> 'task metric' -> values per seed, as mean ± std (seeds), with each candidate's
+    largest loss against single-task."""
     keys = sorted({k for r in rows.values() for k in r})
     single = rows.get("single-task", {})
     lines = ["| candidate | " + " | ".join(keys) + " | worst diff from single-task |",
@@ -112,15 +118,45 @@ def table(out: Path, studies: list[tuple[str, Study, str]], split: str) -> str:
     return "\n".join(lines)
 
 
+def pooled_scores(paths: list[Path]) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """split -> candidate -> 'task metric' -> values, from several scores.csv files (studies of the
+    same regime run with different seeds). A seed found twice is an error, not an average."""
+    pooled: dict[str, dict[str, dict[str, list[float]]]] = {}
+    seen: dict[tuple[str, str, str, str], str] = {}
+    for path in paths:
+        with open(path, newline="") as handle:
+            for row_number, row in enumerate(csv.DictReader(handle), start=2):
+                key = (row["candidate"], row["split"], row["seed"], row["metric"])
+                if key in seen:
+                    raise SystemExit(f"{path}: row {row_number}: seed '{row['seed']}' of '{row['candidate']}' "
+                                     f"({row['split']}, {row['metric']}) is already in {seen[key]}")
+                seen[key] = f"{path}"
+                candidates = pooled.setdefault(row["split"], {})
+                candidates.setdefault(row["candidate"], {}).setdefault(row["metric"], []).append(float(row["value"]))
+    return pooled
+
+
 def main(argv=None) -> int:
     p = study_arguments(__doc__, "runs/dm_study", list(CANDIDATES))
     p.add_argument("--regime", default="digits_scarce_digits",
                    help="digits_scarce_digits | digits_scarce_attributes | fashion_scarce_categories | "
                         "fashion_scarce_attributes | synthfacs_b | synthfacs_c")
     p.add_argument("--no-mtl", dest="mtl", action="store_false", help="leave plain MTL out of the references")
+    p.add_argument("--pool", nargs="+", type=Path, metavar="SCORES_CSV",
+                   help="train nothing: pool these studies' scores.csv (one regime, different seeds) into one report")
     args = p.parse_args(argv)
     command = shown_command("dm_study.py", argv or sys.argv[1:])
     out = (REPO / args.out).resolve()
+    if args.pool:
+        pooled = pooled_scores(args.pool)
+        text = [f"# Distribution matching alone: {args.regime}, pooled", "", f"command: `{command}`", "",
+                "sources: " + ", ".join(f"`{p}`" for p in args.pool), "",
+                "## Validation (candidates are chosen on this)", "", score_table(pooled.get("val", {})), "",
+                "## Test (reported only)", "", score_table(pooled.get("test", {})), ""]
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "dm_study.md").write_text("\n".join(text) + "\n")
+        print(f"report: {out / 'dm_study.md'}")
+        return 0
     paths = {}
     if args.regime.startswith("synthfacs_"):
         data = (REPO / args.data).resolve()

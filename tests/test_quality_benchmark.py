@@ -103,6 +103,22 @@ def test_the_dm_study_writes_every_seeds_scores(tmp_path):
     dm_study.write_seed_scores(tmp_path / "scores.csv", tmp_path, [("DM", study, "dm")])
     rows = (tmp_path / "scores.csv").read_text().splitlines()
     assert rows[0] == "candidate,split,seed,metric,value"
-    assert sorted(rows[1:]) == sorted(['"DM",val,seed1,digit macro_f1,0.500000', '"DM",val,seed2,digit macro_f1,0.750000',
+    assert sorted(rows[1:]) == sorted(['"DM",val,seed1,digit macro_f1,0.500000',
+                                       '"DM",val,seed2,digit macro_f1,0.750000',
                                        '"DM",test,seed1,digit macro_f1,0.250000',
                                        '"DM",test,seed2,digit macro_f1,0.375000'])
+
+
+def test_the_dm_study_pools_seeds_from_several_studies_and_refuses_a_seed_twice(tmp_path):
+    import dm_study
+
+    header = "candidate,split,seed,metric,value\n"
+    first, second = tmp_path / "first.csv", tmp_path / "second.csv"
+    first.write_text(header + '"single-task",val,seed0,digit macro_f1,0.5\n"DM",val,seed0,digit macro_f1,0.7\n')
+    second.write_text(header + '"single-task",val,seed1,digit macro_f1,0.7\n"DM",val,seed1,digit macro_f1,0.6\n')
+    pooled = dm_study.pooled_scores([first, second])
+    assert pooled["val"]["DM"]["digit macro_f1"] == [0.7, 0.6]
+    table = dm_study.score_table(pooled["val"])
+    assert "| DM | 0.6500 ± 0.0707 (2) | +0.0500 |" in table
+    with pytest.raises(SystemExit, match=r"first.csv: row 2: seed 'seed0' of 'single-task'"):
+        dm_study.pooled_scores([second, first, first])
