@@ -130,10 +130,18 @@ def pooled_scores(paths: list[Path]) -> dict[str, dict[str, dict[str, list[float
                 if key in seen:
                     raise SystemExit(f"{path}: row {row_number}: seed '{row['seed']}' of '{row['candidate']}' "
                                      f"({row['split']}, {row['metric']}) is already in {seen[key]}")
-                seen[key] = f"{path}"
+                seen[key] = str(path)
                 candidates = pooled.setdefault(row["split"], {})
                 candidates.setdefault(row["candidate"], {}).setdefault(row["metric"], []).append(float(row["value"]))
     return pooled
+
+
+def write_report(out: Path, title: str, command: str, provenance: str, val: str, test: str) -> Path:
+    text = [f"# Distribution matching alone: {title}", "", f"command: `{command}`", "", provenance, "",
+            "## Validation (candidates are chosen on this)", "", val, "", "## Test (reported only)", "", test, ""]
+    path = out / "dm_study.md"
+    path.write_text("\n".join(text) + "\n")
+    return path
 
 
 def main(argv=None) -> int:
@@ -149,13 +157,11 @@ def main(argv=None) -> int:
     out = (REPO / args.out).resolve()
     if args.pool:
         pooled = pooled_scores(args.pool)
-        text = [f"# Distribution matching alone: {args.regime}, pooled", "", f"command: `{command}`", "",
-                "sources: " + ", ".join(f"`{p}`" for p in args.pool), "",
-                "## Validation (candidates are chosen on this)", "", score_table(pooled.get("val", {})), "",
-                "## Test (reported only)", "", score_table(pooled.get("test", {})), ""]
         out.mkdir(parents=True, exist_ok=True)
-        (out / "dm_study.md").write_text("\n".join(text) + "\n")
-        print(f"report: {out / 'dm_study.md'}")
+        sources = "sources: " + ", ".join(f"`{p}`" for p in args.pool)
+        path = write_report(out, f"{args.regime}, pooled", command, sources,
+                            score_table(pooled.get("val", {})), score_table(pooled.get("test", {})))
+        print(f"report: {path}")
         return 0
     paths = {}
     if args.regime.startswith("synthfacs_"):
@@ -172,12 +178,8 @@ def main(argv=None) -> int:
     failures = [] if args.report_only else run_jobs(studies, out, seeds, args.jobs, extra)
     rows = [("single-task", studies[0], "single")] + ([("plain MTL", studies[0], "mtl")] if args.mtl else [])
     rows += [(CANDIDATES[name][0], s, variant_of(name)) for name, s in zip(args.parts, studies[1:])]
-    text = [f"# Distribution matching alone: {base.label}", "", f"command: `{command}`", "",
-            machine_for(out, extra, not args.report_only), f"seeds: {', '.join(map(str, seeds))}", "",
-            "## Validation (candidates are chosen on this)", "", table(out, rows, "val"), "",
-            "## Test (reported only)", "", table(out, rows, "test"), ""]
-    path = out / "dm_study.md"
-    path.write_text("\n".join(text) + "\n")
+    path = write_report(out, base.label, command, machine_for(out, extra, not args.report_only) +
+                        f"\nseeds: {', '.join(map(str, seeds))}", table(out, rows, "val"), table(out, rows, "test"))
     write_seed_scores(out / "scores.csv", out, rows)
     return finish(path, failures)
 
